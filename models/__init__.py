@@ -1,0 +1,7 @@
+"""The book's classic CNNs for Fashion-MNIST, each with named feature taps."""
+from models.registry import FeatureTap, TapNet, create_model, list_models, register_model
+
+# Importing the family modules registers their builders, in the book's order.
+from models import lenet, alexnet, vgg, nin, googlenet, resnet, densenet  # noqa: E402,F401
+
+__all__ = ["FeatureTap", "TapNet", "create_model", "list_models", "register_model"]
