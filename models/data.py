@@ -52,19 +52,26 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return Path(data_dir or os.environ.get("FASHION_MNIST_DIR") or "data/fashion-mnist")
 
 
-def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> FashionMNIST:
+SPLITS = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+def load_split(data_dir: str | os.PathLike | None, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images [N, 28, 28] and labels [N] of the "train" or "test" split."""
     directory = resolve_data_dir(data_dir)
-    for name in OFFICIAL_MD5:
+    for name in SPLITS[split]:
         if not (directory / name).exists():
             download(name, directory)
-    arrays = [read_idx(directory / name) for name in OFFICIAL_MD5]
-    data = FashionMNIST(*arrays)
-    for images, labels in ((data.train_images, data.train_labels), (data.test_images, data.test_labels)):
-        if len(images) != len(labels) or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
-            raise DataError(f"{directory}: {len(images)} images of {images.shape[1:]} but {len(labels)} labels")
-        if labels.max() >= len(CLASSES):
-            raise DataError(f"{directory}: label {labels.max()} is out of range 0..{len(CLASSES) - 1}")
-    return data
+    images, labels = (read_idx(directory / name) for name in SPLITS[split])
+    if len(images) != len(labels) or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        raise DataError(f"{directory}: {len(images)} {split} images of {images.shape[1:]} but {len(labels)} labels")
+    if labels.max() >= len(CLASSES):
+        raise DataError(f"{directory}: label {labels.max()} is out of range 0..{len(CLASSES) - 1}")
+    return images, labels
+
+
+def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> FashionMNIST:
+    return FashionMNIST(*load_split(data_dir, "train"), *load_split(data_dir, "test"))
 
 
 def read_idx(path: Path) -> np.ndarray:

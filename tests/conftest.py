@@ -10,7 +10,7 @@ SHARED_DATA = ROOT.parent / "shared" / "datasets" / "fashion-mnist"
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    directory = Path(os.environ.get("FASHION_MNIST_DIR") or SHARED_DATA)
+    directory = Path(os.environ.get("FASHION_MNIST_DIR") or SHARED_DATA).resolve()
     assert (directory / "t10k-images-idx3-ubyte.gz").exists(), f"Fashion-MNIST not found in {directory}"
     return directory
 
@@ -19,3 +19,21 @@ def data_dir() -> Path:
 def fashion(data_dir):
     from models.data import load_fashion_mnist
     return load_fashion_mnist(data_dir)
+
+
+@pytest.fixture(scope="session")
+def lenet_bn_checkpoint(tmp_path_factory, fashion) -> Path:
+    """A lenet_bn trained for one epoch of the modern recipe on the CPU, made once per session."""
+    from models.recipes import make_config
+    from models.train import run
+    config = make_config("lenet_bn", "modern", epochs=1, device="cpu")
+    return run(config, fashion, tmp_path_factory.mktemp("checkpoints"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_repository(tmp_path_factory, lenet_bn_checkpoint, data_dir) -> Path:
+    """A model repository holding the trained lenet_bn above, with all its feature maps."""
+    from export.onnx import export
+    repository = tmp_path_factory.mktemp("trained_repository")
+    export("lenet_bn", repository, checkpoint=str(lenet_bn_checkpoint), data_dir=str(data_dir))
+    return repository

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from models.checkpoint import latest_checkpoint, load_checkpoint
@@ -22,15 +23,20 @@ def test_augment_keeps_shape_and_pixels():
     assert not torch.equal(out, images)
 
 
-def test_lenet_bn_one_modern_epoch_on_the_cpu(data_dir, tmp_path, capsys):
-    """The foundation's acceptance bar: one CPU epoch of the modern recipe reaches 0.80."""
-    main(["--arch", "lenet_bn", "--recipe", "modern", "--epochs", "1", "--device", "cpu",
-          "--data-dir", str(data_dir), "--out", str(tmp_path), "--no-progress"])
-    checkpoint_path = latest_checkpoint("lenet_bn", tmp_path)
-    model, checkpoint = load_checkpoint(checkpoint_path)
+def test_lenet_bn_one_modern_epoch_on_the_cpu(lenet_bn_checkpoint):
+    """The foundation's acceptance bar: one CPU epoch of the modern recipe reaches 0.80 (conftest trains it)."""
+    assert latest_checkpoint("lenet_bn", lenet_bn_checkpoint.parent.parent) == lenet_bn_checkpoint
+    model, checkpoint = load_checkpoint(lenet_bn_checkpoint)
     assert checkpoint["metrics"]["test_acc"] >= 0.80
     assert checkpoint["config"]["arch"] == "lenet_bn" and checkpoint["config"]["recipe"] == "modern"
-    metrics = json.loads(checkpoint_path.with_suffix(".json").read_text())
-    assert metrics["test_acc"] == checkpoint["metrics"]["test_acc"]
-    assert checkpoint_path.with_suffix(".png").stat().st_size > 10_000
-    assert "test acc" in capsys.readouterr().out
+    assert not model.training
+    metrics = json.loads(lenet_bn_checkpoint.with_suffix(".json").read_text())
+    assert metrics["test_acc"] == checkpoint["metrics"]["test_acc"] and len(metrics["history"]) == 1
+    assert lenet_bn_checkpoint.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_train_cli_refuses_an_unknown_arch(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--arch", "lenet5", "--epochs", "1"])
+    assert exit_info.value.code == 2
+    assert "unknown model 'lenet5'" in capsys.readouterr().err
