@@ -1,0 +1,33 @@
+"""Prometheus metrics, served over HTTP on `--metrics-port` (text format at /metrics)."""
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("cnnserve_requests", "Classify requests by model and gRPC status code",
+                                ["model", "code"], registry=r)
+        self.latency = Histogram("cnnserve_request_latency_seconds", "Classify latency inside the server",
+                                 ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue = Histogram("cnnserve_queue_seconds", "Time a request waited for its batch",
+                               ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.compute = Histogram("cnnserve_compute_seconds", "ONNX Runtime time per batch",
+                                 ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("cnnserve_batch_size", "Images per ONNX Runtime run",
+                                    ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.in_flight = Gauge("cnnserve_in_flight_requests", "Classify requests being handled",
+                               ["model"], registry=r)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def batch_observer(self, model: str):
+        """A callback for the batcher: records one ONNX Runtime run."""
+        def observe(size: int, seconds: float) -> None:
+            self.batch_size.labels(model).observe(size)
+            self.compute.labels(model).observe(seconds)
+        return observe

@@ -1,0 +1,83 @@
+"""ONNX Runtime sessions: provider choice, session options, warm-up.
+
+The provider in use is read back from the session, never assumed: ONNX Runtime silently falls
+back to the CPU when the CUDA provider cannot start.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+GRAPH_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class ProviderUnavailable(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    device: str = "auto"              # auto: CUDA when available, else CPU; cuda: CUDA or fail; cpu
+    intra_op_threads: int = 0         # 0: ONNX Runtime's default (one per physical core)
+    graph_optimization: str = "all"
+    warmup_runs: int = 3
+
+
+def providers_for(device: str) -> list[str]:
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU]
+    if device == "cuda":
+        if CUDA not in available:
+            raise ProviderUnavailable(
+                f"--device cuda: this onnxruntime build ({ort.__version__}) has no CUDA execution provider "
+                f"(available: {', '.join(available)}). Install onnxruntime-gpu on a machine with an NVIDIA GPU, "
+                f"or use --device auto / cpu")
+        return [CUDA, CPU]
+    return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+def preload_cuda_libraries() -> None:
+    """Let onnxruntime-gpu find CUDA and cuDNN from the NVIDIA pip packages (a no-op elsewhere)."""
+    if CUDA in ort.get_available_providers() and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+
+
+class ModelRuntime:
+    """One ONNX Runtime session for one model file."""
+
+    def __init__(self, model_path: Path, options: RuntimeOptions):
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.inter_op_num_threads = 1
+        session_options.graph_optimization_level = GRAPH_OPTIMIZATION[options.graph_optimization]
+        self.session = ort.InferenceSession(str(model_path), session_options,
+                                            providers=providers_for(options.device))
+        self.provider = self.session.get_providers()[0]
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, images: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+        """uint8 images [N, 1, 28, 28] -> the named outputs, each [N, ...]."""
+        return dict(zip(outputs, self.session.run(outputs, {self.input_name: images})))
+
+    def warm_up(self, runs: int, batch_sizes: tuple[int, ...] = (1, 8)) -> float:
+        """Run every output at a few batch sizes so the first real request pays no set-up; return seconds."""
+        start = time.perf_counter()
+        for _ in range(runs):
+            for n in batch_sizes:
+                self.run(np.zeros((n, 1, 28, 28), dtype=np.uint8), self.output_names)
+        return time.perf_counter() - start
