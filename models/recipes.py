@@ -49,7 +49,7 @@ MODERN = {
     # Sigmoid networks: Xavier init keeps the sigmoids out of saturation; no shifts, which
     # cost these small nets more in 10 epochs than they give.
     "lenet": dict(lr=0.3, batch_size=128, init="xavier", shift=0, weight_decay=1e-4),
-    "lenet_bn": dict(lr=0.3, batch_size=128, init="xavier", shift=0),
+    "lenet_bn": dict(lr=0.5, batch_size=128, init="xavier", shift=0, weight_decay=1e-4),
     "alexnet": dict(lr=0.02, batch_size=128),
     "vgg11": dict(lr=0.05, batch_size=128),
     "nin": dict(lr=0.05, batch_size=128),

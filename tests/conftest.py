@@ -37,3 +37,27 @@ def trained_repository(tmp_path_factory, lenet_bn_checkpoint, data_dir) -> Path:
     repository = tmp_path_factory.mktemp("trained_repository")
     export("lenet_bn", repository, checkpoint=str(lenet_bn_checkpoint), data_dir=str(data_dir))
     return repository
+
+
+@pytest.fixture(scope="session")
+def serving_repository(tmp_path_factory, trained_repository, data_dir) -> Path:
+    """The trained lenet_bn, an untrained resnet18, and `broken`: a lenet_bn whose model file was altered."""
+    import shutil
+    from export.onnx import export
+    repository = tmp_path_factory.mktemp("serving_repository")
+    shutil.copytree(trained_repository / "lenet_bn", repository / "lenet_bn")
+    export("resnet18", repository, random_init=True, data_dir=str(data_dir))
+    shutil.copytree(trained_repository / "lenet_bn", repository / "broken")
+    with open(repository / "broken" / "1" / "model.onnx", "ab") as f:
+        f.write(b"tampered")
+    return repository
+
+
+@pytest.fixture(scope="module")
+def server(serving_repository, tmp_path_factory):
+    """One real server for a test module, with a 4 MiB message limit so size errors are cheap to provoke."""
+    from serving import ServerProcess
+    process = ServerProcess(serving_repository, tmp_path_factory.mktemp("logs") / "server.log",
+                            "--max-message-mb", "4", with_metrics=True)
+    yield process.wait_serving()
+    assert process.stop() == 0, process.log()

@@ -1,0 +1,73 @@
+"""Test helpers: a real `python -m server` process on a free loopback port."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.client import connect
+from server.proto import classifier_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, repository: Path, log_path: Path, *args: str, with_metrics: bool = False):
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.metrics_port = free_port() if with_metrics else None
+        if with_metrics:
+            args = (*args, "--metrics-port", str(self.metrics_port))
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server", "--model-repository", str(repository), "--port", str(self.port), *args],
+            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.channel = connect(self.target)
+        self.stub = classifier_pb2_grpc.ClassifierStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def health_status(self, service: str = "") -> int | None:
+        """The health status, or None while the port is not answering yet."""
+        try:
+            return self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status
+        except grpc.RpcError:
+            return None
+
+    def wait_serving(self, timeout: float = 90) -> "ServerProcess":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            if self.health_status() == health_pb2.HealthCheckResponse.SERVING:
+                return self
+            time.sleep(0.05)
+        raise TimeoutError(f"server not SERVING after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.channel.close()
+            self._log.close()
+        return code

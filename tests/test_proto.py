@@ -1,0 +1,15 @@
+"""The generated gRPC code in server/proto/ must be what protos/generate.py makes from the .proto now."""
+import subprocess
+import sys
+
+from serving import ROOT
+
+
+def test_generated_code_is_fresh(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "protos" / "generate.py"), "--out", str(tmp_path)], check=True,
+                   capture_output=True)
+    generated = sorted((tmp_path / "server" / "proto").glob("classifier_pb2*"))
+    assert [p.name for p in generated] == ["classifier_pb2.py", "classifier_pb2.pyi", "classifier_pb2_grpc.py"]
+    for path in generated:
+        assert path.read_text() == (ROOT / "server" / "proto" / path.name).read_text(), \
+            f"server/proto/{path.name} is stale: run `python protos/generate.py`"

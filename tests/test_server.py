@@ -1,0 +1,235 @@
+"""The gRPC service end to end: a real server process, real gRPC clients, real ONNX Runtime."""
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from PIL import Image
+
+from models.data import CLASSES
+from server.client import feature_array, raw_image
+from server.proto import classifier_pb2 as pb
+from serving import ROOT, ServerProcess
+
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.fixture(scope="module")
+def in_process(serving_repository):
+    """The same lenet_bn file run directly with ONNX Runtime: what the server must reproduce."""
+    session = ort.InferenceSession(str(serving_repository / "lenet_bn" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return lambda images: dict(zip(names, session.run(None, {"image": images[:, None]})))
+
+
+def classify(server, images, **fields):
+    return server.stub.Classify(pb.ClassifyRequest(model="lenet_bn", images=[raw_image(x) for x in images], **fields),
+                                timeout=30)
+
+
+def test_top_k_equals_in_process_onnx_runtime(server, fashion, in_process):
+    images, labels = fashion.test_images[:32], fashion.test_labels[:32]
+    response = classify(server, images, top_k=3)
+    logits = in_process(images)["logits"]
+    assert response.model == "lenet_bn" and response.version == 1 and len(response.results) == 32
+    correct = 0
+    for result, row, label in zip(response.results, logits, labels):
+        expected = np.argsort(-row)[:3]
+        assert [p.class_index for p in result.predictions] == expected.tolist()
+        np.testing.assert_allclose([p.logit for p in result.predictions], row[expected], rtol=1e-6)
+        probabilities = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
+        np.testing.assert_allclose([p.probability for p in result.predictions], probabilities[expected], rtol=1e-5)
+        assert result.predictions[0].label == CLASSES[expected[0]]
+        correct += expected[0] == label
+    assert correct >= 24, "a trained lenet_bn gets most of 32 test images right"
+
+
+def test_png_images_equal_raw_pixels(server, fashion, tmp_path):
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(fashion.test_images[i]).save(paths[-1])
+    encoded = server.stub.Classify(pb.ClassifyRequest(model="lenet_bn", top_k=10, images=[
+        pb.Image(encoded=p.read_bytes()) for p in paths]), timeout=30)
+    raw = classify(server, fashion.test_images[:4], top_k=10)
+    assert [[p.logit for p in r.predictions] for r in encoded.results] == \
+           [[p.logit for p in r.predictions] for r in raw.results]
+
+
+def test_feature_maps_match_in_process_and_float16_halves_the_bytes(server, serving_repository, fashion, in_process):
+    images = fashion.test_images[:3]
+    expected = in_process(images)
+    full = classify(server, images, features=["all"])
+    half = classify(server, images, features=["all"], feature_encoding=pb.FEATURE_ENCODING_FLOAT16)
+    declared = [(o["name"], o["shape"][1:]) for o in json.loads(
+        (serving_repository / "lenet_bn" / "1" / "metadata.json").read_text())["outputs"][1:]]
+    for i in range(len(images)):
+        assert [(f.name, list(f.shape)) for f in full.results[i].features] == declared
+        for f32, f16 in zip(full.results[i].features, half.results[i].features):
+            assert f32.dtype == "float32" and f16.dtype == "float16"
+            assert len(f16.data) * 2 == len(f32.data)
+            np.testing.assert_allclose(feature_array(f32), expected[f32.name][i], rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(feature_array(f16), expected[f32.name][i], rtol=1e-3, atol=1e-3)
+    some = classify(server, images[:1], features=["fc2", "conv1"])
+    assert [f.name for f in some.results[0].features] == ["conv1", "fc2"]
+
+
+def bad_requests():
+    image = np.zeros((28, 28), np.uint8)
+    good = raw_image(image)
+    nan = np.zeros((28, 28), np.float32)
+    nan[3, 3] = np.nan
+    req = lambda **f: pb.ClassifyRequest(**{"model": "lenet_bn", "images": [good], **f})
+    return {
+        "unknown_model": (req(model="lenet9"), grpc.StatusCode.NOT_FOUND, "lenet_bn, resnet18"),
+        "unknown_feature": (req(features=["conv9"]), grpc.StatusCode.NOT_FOUND, "conv1, pool1"),
+        "unknown_version": (req(version=7), grpc.StatusCode.NOT_FOUND, "version 1"),
+        "empty_batch": (req(images=[]), grpc.StatusCode.INVALID_ARGUMENT, "images is empty"),
+        "undecodable": (req(images=[pb.Image(encoded=b"\x89PNG broken")]), grpc.StatusCode.INVALID_ARGUMENT,
+                        "images[0].encoded: not a decodable"),
+        "no_source": (req(images=[good, pb.Image()]), grpc.StatusCode.INVALID_ARGUMENT, "images[1] has neither"),
+        "wrong_shape": (req(images=[pb.Image(tensor=pb.Tensor(shape=[32, 32], dtype="uint8", data=bytes(1024)))]),
+                        grpc.StatusCode.INVALID_ARGUMENT, "images[0].tensor.shape [32, 32]"),
+        "wrong_dtype": (req(images=[pb.Image(tensor=pb.Tensor(shape=[28, 28], dtype="int64", data=bytes(6272)))]),
+                        grpc.StatusCode.INVALID_ARGUMENT, "images[0].tensor.dtype 'int64'"),
+        "short_data": (req(images=[pb.Image(tensor=pb.Tensor(shape=[28, 28], dtype="uint8", data=bytes(100)))]),
+                       grpc.StatusCode.INVALID_ARGUMENT, "has 100 bytes"),
+        "nan": (req(images=[pb.Image(tensor=pb.Tensor(shape=[28, 28], dtype="float32", data=nan.tobytes()))]),
+                grpc.StatusCode.INVALID_ARGUMENT, "NaN or Inf"),
+        "top_k_too_large": (req(top_k=11), grpc.StatusCode.INVALID_ARGUMENT, "between 1 and 10"),
+        "top_k_negative": (req(top_k=-1), grpc.StatusCode.INVALID_ARGUMENT, "top_k -1"),
+        "too_many_images": (req(images=[good] * 65), grpc.StatusCode.INVALID_ARGUMENT, "the limit for one request is 64"),
+        "response_too_big": (pb.ClassifyRequest(model="resnet18", images=[good] * 64, features=["all"]),
+                             grpc.StatusCode.RESOURCE_EXHAUSTED, "over the server's message limit of 4 MiB"),
+        "model_not_serving": (req(model="broken"), grpc.StatusCode.UNAVAILABLE, "sha256"),
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_requests()))
+def test_bad_requests_get_a_clear_status_and_the_server_keeps_serving(server, case, fashion):
+    request, code, message = bad_requests()[case]
+    with pytest.raises(grpc.RpcError) as error:
+        server.stub.Classify(request, timeout=30)
+    assert error.value.code() == code
+    assert message in error.value.details() and "Traceback" not in error.value.details()
+    assert len(classify(server, fashion.test_images[:1]).results) == 1
+    assert case.replace("_", " ") and "Classify refused" in server.log()
+
+
+def test_models_health_and_reflection(server):
+    models = {m.name: m for m in server.stub.ListModels(pb.ListModelsRequest(), timeout=10).models}
+    assert set(models) == {"lenet_bn", "resnet18", "broken"}
+    lenet = models["lenet_bn"]
+    assert lenet.ready and lenet.provider == "CPUExecutionProvider" and lenet.trained and lenet.test_acc >= 0.8
+    assert [f.name for f in lenet.features] == ["conv1", "pool1", "conv2", "pool2", "fc1", "fc2"]
+    assert list(lenet.input.shape) == [1, 28, 28] and lenet.input.dtype == "uint8" and len(lenet.labels) == 10
+    assert not models["broken"].ready and "sha256" in models["broken"].reason
+    assert server.stub.GetModel(pb.GetModelRequest(name="resnet18"), timeout=10).features[0].name == "stem"
+    with pytest.raises(grpc.RpcError) as error:
+        server.stub.GetModel(pb.GetModelRequest(name="nope"), timeout=10)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+    assert server.health_status() == SERVING and server.health_status("cnnserve.v1.Classifier") == SERVING
+    assert server.health_status("lenet_bn") == SERVING and server.health_status("broken") == NOT_SERVING
+    services = ProtoReflectionDescriptorDatabase(server.channel).get_services()
+    assert "cnnserve.v1.Classifier" in services and "grpc.health.v1.Health" in services
+
+
+def run_client(server, *args):
+    return subprocess.run([sys.executable, "-m", "server.client", "--target", server.target, *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def test_client_cli(server, fashion, in_process, tmp_path):
+    path = tmp_path / "coat.png"
+    Image.fromarray(fashion.test_images[5]).save(path)
+    expected = int(np.argmax(in_process(fashion.test_images[5:6])["logits"][0]))
+    result = run_client(server, "classify", "--model", "lenet_bn", str(path), "--top-k", "2",
+                        "--features", "conv1,fc1", "--save-features", str(tmp_path / "maps"))
+    assert result.returncode == 0, result.stderr
+    first = next(line for line in result.stdout.splitlines() if line.startswith(str(path)))
+    assert first.split()[1:3] == ["1", str(expected)]
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["coat_conv1.png", "coat_fc1.png"]
+    assert Image.open(tmp_path / "maps" / "coat_conv1.png").size[0] > 300
+
+    listing = run_client(server, "models")
+    assert listing.returncode == 0 and "lenet_bn v1: CPUExecutionProvider" in listing.stdout
+    assert "broken: NOT SERVING" in listing.stdout and "conv1" in listing.stdout
+    assert run_client(server, "health").stdout.strip() == "server: SERVING"
+    failed = run_client(server, "classify", "--model", "nope", str(path))
+    assert failed.returncode == 1 and "NOT_FOUND" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_health_turns_serving_only_after_warm_up(serving_repository, tmp_path):
+    process = ServerProcess(serving_repository, tmp_path / "server.log", "--models", "resnet18", "--warmup-runs", "15")
+    try:
+        seen = []
+        while not seen or seen[-1] != SERVING:
+            assert process.process.poll() is None, process.log()
+            status = process.health_status()
+            if status is not None:
+                seen.append(status)
+            time.sleep(0.02)
+        assert seen[0] == NOT_SERVING, "the port opens before the models are ready"
+        log = process.log()
+        assert log.index("warmed up in") < log.index("SERVING: 1 of 1 models ready")
+    finally:
+        assert process.stop() == 0
+
+
+def in_flight(process, model):
+    """The server's own count of Classify calls in progress for `model`, from its Prometheus endpoint."""
+    from urllib.request import urlopen
+    text = urlopen(f"http://127.0.0.1:{process.metrics_port}/metrics", timeout=5).read().decode()
+    line = next((l for l in text.splitlines() if l.startswith(f'cnnserve_in_flight_requests{{model="{model}"}}')), None)
+    return 0 if line is None else float(line.split()[-1])
+
+
+def test_sigterm_lets_the_request_in_flight_finish(serving_repository, tmp_path):
+    process = ServerProcess(serving_repository, tmp_path / "server.log", "--models", "resnet18", "--grace", "30",
+                            with_metrics=True).wait_serving()
+    images = [raw_image(np.full((28, 28), i, np.uint8)) for i in range(64)]
+    request = pb.ClassifyRequest(model="resnet18", images=images, features=["stage4"])
+    outcome = {}
+
+    def slow_call():
+        outcome["response"] = process.stub.Classify(request, timeout=120)
+        outcome["finished"] = time.monotonic()
+    callers = [threading.Thread(target=slow_call) for _ in range(4)]   # four calls queue behind each other
+    for caller in callers:
+        caller.start()
+    deadline = time.monotonic() + 30
+    while in_flight(process, "resnet18") < 4:
+        assert time.monotonic() < deadline, "the calls never reached the server"
+        time.sleep(0.005)
+    process.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    for caller in callers:
+        caller.join(120)
+    assert len(outcome["response"].results) == 64
+    assert outcome["finished"] > signalled, "the last call finished after SIGTERM, not before"
+    assert process.stop() == 0 and "stopped" in process.log()
+
+
+def test_device_cuda_fails_clearly_and_auto_falls_back(serving_repository, server):
+    result = subprocess.run([sys.executable, "-m", "server", "--model-repository", str(serving_repository),
+                             "--device", "cuda", "--port", "0"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode != 0
+    assert "no CUDA execution provider" in result.stderr and "Traceback" not in result.stderr
+    models = server.stub.ListModels(pb.ListModelsRequest(), timeout=10).models
+    assert {m.provider for m in models if m.ready} == {"CPUExecutionProvider"}
+
+
+def test_server_modules_do_not_import_torch():
+    code = ("import sys, server.__main__, server.app, server.client, server.service, server.batcher; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
