@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from serving import ROOT
+from server.spawn import ROOT
 
 
 def test_generated_code_is_fresh(tmp_path):

@@ -17,7 +17,7 @@ from PIL import Image
 from models.data import CLASSES
 from server.client import feature_array, raw_image
 from server.proto import classifier_pb2 as pb
-from serving import ROOT, ServerProcess
+from server.spawn import ROOT, SpawnedServer
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -170,7 +170,8 @@ def test_client_cli(server, fashion, in_process, tmp_path):
 
 
 def test_health_turns_serving_only_after_warm_up(serving_repository, tmp_path):
-    process = ServerProcess(serving_repository, tmp_path / "server.log", "--models", "resnet18", "--warmup-runs", "15")
+    process = SpawnedServer(serving_repository, ["--models", "resnet18", "--warmup-runs", "15"],
+                            log_path=tmp_path / "server.log", wait=False)
     try:
         seen = []
         while not seen or seen[-1] != SERVING:
@@ -188,15 +189,14 @@ def test_health_turns_serving_only_after_warm_up(serving_repository, tmp_path):
 
 def in_flight(process, model):
     """The server's own count of Classify calls in progress for `model`, from its Prometheus endpoint."""
-    from urllib.request import urlopen
-    text = urlopen(f"http://127.0.0.1:{process.metrics_port}/metrics", timeout=5).read().decode()
-    line = next((l for l in text.splitlines() if l.startswith(f'cnnserve_in_flight_requests{{model="{model}"}}')), None)
+    prefix = f'cnnserve_in_flight_requests{{model="{model}"}}'
+    line = next((l for l in process.metrics().splitlines() if l.startswith(prefix)), None)
     return 0 if line is None else float(line.split()[-1])
 
 
 def test_sigterm_lets_the_request_in_flight_finish(serving_repository, tmp_path):
-    process = ServerProcess(serving_repository, tmp_path / "server.log", "--models", "resnet18", "--grace", "30",
-                            with_metrics=True).wait_serving()
+    process = SpawnedServer(serving_repository, ["--models", "resnet18", "--grace", "30"],
+                            log_path=tmp_path / "server.log", with_metrics=True)
     images = [raw_image(np.full((28, 28), i, np.uint8)) for i in range(64)]
     request = pb.ClassifyRequest(model="resnet18", images=images, features=["stage4"])
     outcome = {}

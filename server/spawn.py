@@ -1,4 +1,7 @@
-"""Test helpers: a real `python -m server` process on a free loopback port."""
+"""Start `python -m server` as a child process on a free loopback port and wait until it serves.
+
+Used by `server.loadtest --spawn-server`, the benchmarks and the tests.
+"""
 from __future__ import annotations
 
 import os
@@ -6,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,21 +28,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
-    def __init__(self, repository: Path, log_path: Path, *args: str, with_metrics: bool = False):
+class SpawnedServer:
+    def __init__(self, repository: Path, args: list[str] = (), log_path: Path | None = None,
+                 with_metrics: bool = False, wait: bool = True, timeout: float = 120):
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_port = free_port() if with_metrics else None
-        if with_metrics:
-            args = (*args, "--metrics-port", str(self.metrics_port))
-        self.log_path = log_path
-        self._log = open(log_path, "w")
+        args = [*args, *(["--metrics-port", str(self.metrics_port)] if with_metrics else [])]
+        self.log_path = log_path or Path(tempfile.mkstemp(prefix="cnnserve-", suffix=".log")[1])
+        self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server", "--model-repository", str(repository), "--port", str(self.port), *args],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.channel = connect(self.target)
         self.stub = classifier_pb2_grpc.ClassifierStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        if wait:
+            self.wait_serving(timeout)
 
     def health_status(self, service: str = "") -> int | None:
         """The health status, or None while the port is not answering yet."""
@@ -47,7 +53,7 @@ class ServerProcess:
         except grpc.RpcError:
             return None
 
-    def wait_serving(self, timeout: float = 90) -> "ServerProcess":
+    def wait_serving(self, timeout: float = 120) -> "SpawnedServer":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -57,17 +63,21 @@ class ServerProcess:
             time.sleep(0.05)
         raise TimeoutError(f"server not SERVING after {timeout} s:\n{self.log()}")
 
+    def metrics(self) -> str:
+        from urllib.request import urlopen
+        return urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+
     def log(self) -> str:
         return self.log_path.read_text()
 
     def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, then wait; returns the exit code."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            code = self.process.wait(timeout)
+            return self.process.wait(timeout)
         finally:
             if self.process.poll() is None:
                 self.process.kill()
             self.channel.close()
             self._log.close()
-        return code

@@ -1,0 +1,95 @@
+"""Dynamic batching through a real server: merged runs seen in its metrics, same results, a
+bounded queue, and expired requests dropped before compute."""
+import re
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from server.client import raw_image
+from server.proto import classifier_pb2 as pb
+from server.spawn import SpawnedServer
+
+
+def metric(text: str, name: str, model: str) -> float:
+    match = re.search(rf'^{name}{{(?:[^}}]*,)?model="{model}"(?:,[^}}]*)?}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def images(n: int) -> list[pb.Image]:
+    rng = np.random.default_rng(0)
+    return [raw_image(rng.integers(0, 256, (28, 28), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_concurrent_requests_merge_into_fewer_larger_runs_with_equal_results(server):
+    singles = images(48)
+    alone = [server.stub.Classify(pb.ClassifyRequest(model="lenet_bn", images=[im], top_k=10), timeout=30)
+             for im in singles]
+    before = server.metrics()
+    futures = [server.stub.Classify.future(pb.ClassifyRequest(model="lenet_bn", images=[im], top_k=10), timeout=30)
+               for im in singles]
+    together = [f.result() for f in futures]
+    after = server.metrics()
+    runs = metric(after, "cnnserve_batch_size_count", "lenet_bn") - metric(before, "cnnserve_batch_size_count", "lenet_bn")
+    batched = metric(after, "cnnserve_batch_size_sum", "lenet_bn") - metric(before, "cnnserve_batch_size_sum", "lenet_bn")
+    assert batched == 48 and runs < 48 / 2, f"{runs} runs for 48 images"
+    assert max(r.timings.batch_size for r in together) > 1
+    for a, b in zip(alone, together):
+        assert [p.class_index for p in a.results[0].predictions] == [p.class_index for p in b.results[0].predictions]
+        np.testing.assert_allclose([p.logit for p in a.results[0].predictions],
+                                   [p.logit for p in b.results[0].predictions], rtol=1e-5, atol=1e-6)
+
+
+def test_full_queue_answers_resource_exhausted_quickly(serving_repository, tmp_path):
+    server = SpawnedServer(serving_repository, ["--models", "resnet18", "--max-batch-size", "1",
+                                                "--max-queue-images", "2", "--threads", "1"], log_path=tmp_path / "s.log")
+    try:
+        sent = time.monotonic()
+        futures = [server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=[im]), timeout=60)
+                   for im in images(24)]
+        outcomes = []
+        for f in futures:
+            try:
+                f.result()
+                outcomes.append(("OK", None))
+            except grpc.RpcError as error:
+                outcomes.append((error.code().name, error.details()))
+        refused = [details for code, details in outcomes if code == "RESOURCE_EXHAUSTED"]
+        assert refused and "OK" in [code for code, _ in outcomes]
+        assert {code for code, _ in outcomes} <= {"OK", "RESOURCE_EXHAUSTED"}
+        assert "queue holds" in refused[0] and "limit is 2" in refused[0]
+        # A refusal does not wait for the queue: timing one on its own while the queue is full.
+        fillers = [server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=[im]), timeout=60)
+                   for im in images(8)]
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError) as error:
+            server.stub.Classify(pb.ClassifyRequest(model="resnet18", images=images(1)), timeout=60)
+        refused_in = time.monotonic() - start
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and refused_in < 0.5, refused_in
+        for f in fillers:
+            f.exception()
+        assert time.monotonic() - sent < 60
+    finally:
+        assert server.stop() == 0
+
+
+def test_expired_deadline_is_dropped_before_compute(serving_repository, tmp_path):
+    server = SpawnedServer(serving_repository, ["--models", "resnet18", "--threads", "1"],
+                           log_path=tmp_path / "s.log", with_metrics=True)
+    try:
+        before = server.metrics()
+        busy = server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=images(64)), timeout=60)
+        time.sleep(0.05)
+        with pytest.raises(grpc.RpcError) as error:
+            server.stub.Classify(pb.ClassifyRequest(model="resnet18", images=images(1)), timeout=0.1)
+        assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert len(busy.result().results) == 64
+        time.sleep(0.2)
+        after = server.metrics()
+        runs = metric(after, "cnnserve_batch_size_count", "resnet18") - metric(before, "cnnserve_batch_size_count", "resnet18")
+        assert runs == 1, "only the 64-image request ran; the expired one was dropped"
+        assert 'cnnserve_requests_total{code="DEADLINE_EXCEEDED",model="resnet18"} 1.0' in after \
+            or 'cnnserve_requests_total{model="resnet18",code="DEADLINE_EXCEEDED"} 1.0' in after
+    finally:
+        assert server.stop() == 0
