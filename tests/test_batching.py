@@ -24,15 +24,15 @@ def images(n: int) -> list[pb.Image]:
 
 def test_concurrent_requests_merge_into_fewer_larger_runs_with_equal_results(server):
     singles = images(48)
-    alone = [server.stub.Classify(pb.ClassifyRequest(model="lenet_bn", images=[im], top_k=10), timeout=30)
+    alone = [server.stub.Classify(pb.ClassifyRequest(model="resnet18", images=[im], top_k=10), timeout=30)
              for im in singles]
     before = server.metrics()
-    futures = [server.stub.Classify.future(pb.ClassifyRequest(model="lenet_bn", images=[im], top_k=10), timeout=30)
+    futures = [server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=[im], top_k=10), timeout=30)
                for im in singles]
     together = [f.result() for f in futures]
     after = server.metrics()
-    runs = metric(after, "cnnserve_batch_size_count", "lenet_bn") - metric(before, "cnnserve_batch_size_count", "lenet_bn")
-    batched = metric(after, "cnnserve_batch_size_sum", "lenet_bn") - metric(before, "cnnserve_batch_size_sum", "lenet_bn")
+    runs = metric(after, "cnnserve_batch_size_count", "resnet18") - metric(before, "cnnserve_batch_size_count", "resnet18")
+    batched = metric(after, "cnnserve_batch_size_sum", "resnet18") - metric(before, "cnnserve_batch_size_sum", "resnet18")
     assert batched == 48 and runs < 48 / 2, f"{runs} runs for 48 images"
     assert max(r.timings.batch_size for r in together) > 1
     for a, b in zip(alone, together):
