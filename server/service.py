@@ -117,6 +117,7 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
                 f"{self.max_message_bytes / 2**20:.0f} MiB; {fits} image(s) with these features fit. Ask for fewer "
                 f"images or feature maps, use feature_encoding FEATURE_ENCODING_FLOAT16, or raise --max-message-mb")
 
+    @grpc_errors
     def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[model_info(m) for m in self.store.models.values()])
 

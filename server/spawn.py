@@ -29,16 +29,17 @@ def free_port() -> int:
 
 
 class SpawnedServer:
-    def __init__(self, repository: Path, args: list[str] = (), log_path: Path | None = None,
+    def __init__(self, repository: Path | None, args: list[str] = (), log_path: Path | None = None,
                  with_metrics: bool = False, wait: bool = True, timeout: float = 120):
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_port = free_port() if with_metrics else None
-        args = [*args, *(["--metrics-port", str(self.metrics_port)] if with_metrics else [])]
+        args = [*(["--model-repository", str(repository)] if repository else []),   # None: the server's default
+                *args, *(["--metrics-port", str(self.metrics_port)] if with_metrics else [])]
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="cnnserve-", suffix=".log")[1])
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--model-repository", str(repository), "--port", str(self.port), *args],
+            [sys.executable, "-m", "server", "--port", str(self.port), *args],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.channel = connect(self.target)
         self.stub = classifier_pb2_grpc.ClassifierStub(self.channel)

@@ -10,9 +10,12 @@ SHARED_DATA = ROOT.parent / "shared" / "datasets" / "fashion-mnist"
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    directory = Path(os.environ.get("FASHION_MNIST_DIR") or SHARED_DATA).resolve()
-    assert (directory / "t10k-images-idx3-ubyte.gz").exists(), f"Fashion-MNIST not found in {directory}"
-    return directory
+    """FASHION_MNIST_DIR, else the shared copy beside the project, else the loader's default
+    (which downloads the official files when they are missing)."""
+    from models.data import resolve_data_dir
+    if os.environ.get("FASHION_MNIST_DIR") or not SHARED_DATA.is_dir():
+        return resolve_data_dir().resolve()
+    return SHARED_DATA.resolve()
 
 
 @pytest.fixture(scope="session")

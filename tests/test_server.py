@@ -229,6 +229,21 @@ def test_device_cuda_fails_clearly_and_auto_falls_back(serving_repository, serve
     assert {m.provider for m in models if m.ready} == {"CPUExecutionProvider"}
 
 
+def test_workers_share_the_port_and_stop_together(serving_repository, tmp_path):
+    process = SpawnedServer(serving_repository, ["--models", "lenet_bn", "--workers", "2"], log_path=tmp_path / "s.log")
+    try:
+        for _ in range(8):
+            response = process.stub.Classify(pb.ClassifyRequest(model="lenet_bn", images=[raw_image(
+                np.zeros((28, 28), np.uint8))]), timeout=30)
+            assert len(response.results) == 1
+        deadline = time.monotonic() + 60
+        while process.log().count("SERVING: 1 of 1 models ready") < 2:
+            assert time.monotonic() < deadline, process.log()
+            time.sleep(0.1)
+    finally:
+        assert process.stop() == 0, process.log()
+
+
 def test_server_modules_do_not_import_torch():
     code = ("import sys, server.__main__, server.app, server.client, server.service, server.batcher; "
             "sys.exit('torch' in sys.modules)")

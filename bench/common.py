@@ -1,0 +1,44 @@
+"""Shared by the benchmarks: timing, a throwaway repository of random-init exports, result output."""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+
+
+def median_ms(fn: Callable[[], object], *, min_runs: int = 5, budget_s: float = 2.0, warmup: int = 2) -> float:
+    """Median wall time of `fn` in ms: at least `min_runs` runs, more while within `budget_s`."""
+    for _ in range(warmup):
+        fn()
+    times, start = [], time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < budget_s:
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+        if len(times) >= 10_000:
+            break
+    return statistics.median(times)
+
+
+def random_init_repository(archs: list[str], directory: Path = RESULTS / "repository") -> Path:
+    """Untrained exports (with all feature maps) of `archs`, made once and reused."""
+    from export.onnx import export
+    for arch in archs:
+        if not (directory / arch / "1" / "model.onnx").exists():
+            export(arch, directory, random_init=True, version=1)
+    return directory
+
+
+def write_json(name: str, payload) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    print(f"\nwrote {path.relative_to(ROOT)}")
+    return path

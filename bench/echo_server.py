@@ -1,0 +1,33 @@
+"""A bare gRPC echo service on the same settings as cnnserve (message limits, thread pool), for
+measuring what gRPC alone costs. Prints its port, then serves until SIGTERM."""
+import signal
+import sys
+import threading
+from concurrent import futures
+
+import grpc
+
+from common import ROOT  # noqa: F401  (puts the project on sys.path)
+
+from server.app import ServerConfig, grpc_options
+
+METHOD = "/cnnserve.bench.Echo/Echo"
+
+
+def main() -> None:
+    config = ServerConfig()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.grpc_threads),
+                         options=grpc_options(config.max_message_mb))
+    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)   # bytes in, same bytes out
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("cnnserve.bench.Echo", {"Echo": echo})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop(1).wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
