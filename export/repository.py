@@ -39,6 +39,7 @@ def staged_version(model_dir: Path, version: int):
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
     try:
         yield staging
+        staging.chmod(0o755)   # mkdtemp makes it private; a served repository is read by others (Triton)
         staging.rename(final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

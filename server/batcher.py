@@ -1,11 +1,14 @@
 """Dynamic batching: concurrent requests for one model merged into one ONNX Runtime run.
 
-One worker thread per model takes requests from a bounded queue. It runs at once what is
-queued, up to `max_batch_size` images, but waits up to `max_queue_delay` for requests that are
-already on their way (announced by `arriving()` while they are being decoded), so a lone
-request never waits for company that is not coming, and a burst is merged.
+There is no batching thread. The request threads take turns as the *leader* (the
+leader/followers pattern): a request that finds no run in progress leads at once, on its own
+thread, so a lone request pays no thread hand-off. While a run is in progress, new requests
+queue; when it ends, the leader passes the lead to the thread of the oldest queued request,
+which runs everything queued, up to `max_batch_size` images. Before a run, the leader waits up
+to `max_queue_delay` for requests that are already on their way (announced by `arriving()`
+while they are decoded), never for company that is not coming.
 
-The queue is bounded in images: when full, `submit` raises ResourceExhausted at once instead of
+The queue is bounded in images: when full, `infer` raises ResourceExhausted at once instead of
 letting latency grow without limit. Requests whose deadline passed or whose client went away
 are dropped before compute.
 """
@@ -15,7 +18,6 @@ import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -44,114 +46,141 @@ class BatchResult:
 
 
 @dataclass
-class _Pending:
+class _Arrival:
+    pending: bool = True
+
+
+@dataclass
+class _Request:
     images: np.ndarray
     outputs: list[str]
-    deadline: float | None            # time.monotonic() value, or None
+    deadline: float | None            # a time.monotonic() value, or None
     is_active: Callable[[], bool]
-    future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
+    wake: threading.Event = field(default_factory=threading.Event)   # finished, or handed the lead
+    result: BatchResult | None = None
+    error: Exception | None = None
+
+    def finish(self, result: BatchResult | None = None, error: Exception | None = None) -> None:
+        self.result, self.error = result, error
+        self.wake.set()
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None or self.error is not None
 
 
 class Batcher:
     def __init__(self, name: str, runtime: ModelRuntime, options: BatchingOptions,
                  on_batch: Callable[[int, float], None] = lambda size, seconds: None):
         self.name, self.runtime, self.options, self.on_batch = name, runtime, options, on_batch
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[_Request] = deque()
         self._queued_images = 0
         self._arriving = 0
+        self._leading = False              # a thread is leading: taking or running a batch
         self._closed = False
         self._changed = threading.Condition()
-        self._worker = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
-        self._worker.start()
 
     @contextmanager
     def arriving(self):
-        """Wrap the decoding of a request that will be submitted, so the worker knows to wait for it."""
+        """Wrap the decoding of a request, so a leader knows to wait for it; pass the yielded
+        arrival to `infer`, which ends it as the request joins the queue."""
+        arrival = _Arrival()
         with self._changed:
             self._arriving += 1
         try:
-            yield
+            yield arrival
         finally:
             with self._changed:
-                self._arriving -= 1
-                self._changed.notify()
+                self._end_arrival(arrival)
 
-    def submit(self, images: np.ndarray, outputs: list[str], deadline: float | None = None,
-               is_active: Callable[[], bool] = lambda: True) -> Future:
-        pending = _Pending(images, outputs, deadline, is_active)
+    def _end_arrival(self, arrival: "_Arrival | None") -> None:
+        if arrival is not None and arrival.pending:
+            arrival.pending = False
+            self._arriving -= 1
+            self._changed.notify_all()
+
+    def infer(self, images: np.ndarray, outputs: list[str], deadline: float | None = None,
+              is_active: Callable[[], bool] = lambda: True, arrival: "_Arrival | None" = None) -> BatchResult:
+        """Run `images` (uint8 [N, 1, 28, 28]) for the named outputs, batched with concurrent requests."""
+        request = _Request(images, outputs, deadline, is_active)
         with self._changed:
+            self._end_arrival(arrival)
             if self._closed:
                 raise Unavailable(f"model {self.name} is shutting down")
             if self._queued_images + len(images) > self.options.max_queue_images:
                 raise ResourceExhausted(
                     f"model {self.name}: the queue holds {self._queued_images} images and its limit is "
                     f"{self.options.max_queue_images}; retry later or send fewer images")
-            self._queue.append(pending)
+            self._queue.append(request)
             self._queued_images += len(images)
-            self._changed.notify()
-        return pending.future
+            self._changed.notify_all()
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            request.wake.wait()
+        while not request.finished:          # leading: run batches until this request is done
+            self._run(self._take_batch())
+        self._pass_lead()
+        if request.error:
+            raise request.error
+        return request.result
 
     def close(self) -> None:
-        """Finish what is queued, then stop the worker."""
+        """Refuse new requests; those already queued are finished by their own threads."""
         with self._changed:
             self._closed = True
-            self._changed.notify()
-        self._worker.join()
 
-    def _take_batch(self) -> list[_Pending] | None:
+    def _pass_lead(self) -> None:
+        """Called by a leader whose own request is finished: wake the oldest queued request's thread."""
         with self._changed:
-            while not self._queue:
-                if self._closed:
-                    return None
-                self._changed.wait()
+            if self._queue:
+                self._queue[0].wake.set()
+            else:
+                self._leading = False
+
+    def _take_batch(self) -> list[_Request]:
+        with self._changed:
             wait_until = self._queue[0].enqueued + self.options.max_queue_delay_s
             while (self._queued_images < self.options.max_batch_size and self._arriving
                    and (remaining := wait_until - time.monotonic()) > 0):
                 self._changed.wait(remaining)
-            batch, images = [], 0
+            batch, images = [self._queue.popleft()], 0   # a request larger than max_batch_size runs alone
+            images = len(batch[0].images)
             while self._queue and images + len(self._queue[0].images) <= self.options.max_batch_size:
-                pending = self._queue.popleft()
-                batch.append(pending)
-                images += len(pending.images)
-            if not batch:   # a single request larger than max_batch_size runs alone
                 batch.append(self._queue.popleft())
-            self._queued_images -= sum(len(p.images) for p in batch)
-            return batch
-
-    def _serve(self) -> None:
-        while (batch := self._take_batch()) is not None:
-            live = [p for p in batch if self._still_wanted(p)]
-            if live:
-                self._run(live)
+                images += len(batch[-1].images)
+            self._queued_images -= images
+        return [r for r in batch if self._still_wanted(r)]
 
     @staticmethod
-    def _still_wanted(pending: _Pending) -> bool:
-        if pending.deadline is not None and time.monotonic() >= pending.deadline:
-            pending.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))
-        elif not pending.is_active():
-            pending.future.set_exception(Cancelled("the client cancelled the request while it was queued"))
+    def _still_wanted(request: _Request) -> bool:
+        if request.deadline is not None and time.monotonic() >= request.deadline:
+            request.finish(error=DeadlineExceeded("the deadline passed while the request was queued"))
+        elif not request.is_active():
+            request.finish(error=Cancelled("the client cancelled the request while it was queued"))
         else:
             return True
         return False
 
-    def _run(self, batch: list[_Pending]) -> None:
-        outputs = [name for name in self.runtime.output_names if any(name in p.outputs for p in batch)]
-        images = batch[0].images if len(batch) == 1 else np.concatenate([p.images for p in batch])
+    def _run(self, batch: list[_Request]) -> None:
+        if not batch:
+            return
+        outputs = [name for name in self.runtime.output_names if any(name in r.outputs for r in batch)]
+        images = batch[0].images if len(batch) == 1 else np.concatenate([r.images for r in batch])
         start = time.monotonic()
         try:
             results = self.runtime.run(images, outputs)
-        except Exception as error:  # an ONNX Runtime failure fails this batch, not the worker
+        except Exception as error:  # an ONNX Runtime failure fails this batch, not the model
             log.exception("%s: ONNX Runtime failed on a batch of %d images", self.name, len(images))
-            for pending in batch:
-                pending.future.set_exception(error)
+            for request in batch:
+                request.finish(error=error)
             return
         compute_s = time.monotonic() - start
         self.on_batch(len(images), compute_s)
         offset = 0
-        for pending in batch:
-            rows = slice(offset, offset + len(pending.images))
+        for request in batch:
+            rows = slice(offset, offset + len(request.images))
             offset = rows.stop
-            pending.future.set_result(BatchResult({name: results[name][rows] for name in pending.outputs},
-                                                  queue_s=start - pending.enqueued, compute_s=compute_s,
-                                                  batch_size=len(images)))
+            request.finish(BatchResult({name: results[name][rows] for name in request.outputs},
+                                       queue_s=start - request.enqueued, compute_s=compute_s, batch_size=len(images)))

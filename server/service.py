@@ -71,7 +71,7 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
 
     def _classify(self, request: pb.ClassifyRequest, context: grpc.ServicerContext, start: float) -> pb.ClassifyResponse:
         model = self.store.get(request.model, request.version)
-        with model.batcher.arriving():
+        with model.batcher.arriving() as arrival:
             top_k = check_top_k(request.top_k, len(model.version.labels))
             features = select_features(model, list(request.features))
             dtype = ENCODINGS.get(request.feature_encoding)
@@ -82,8 +82,7 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
             decode_s = time.perf_counter() - start
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
-            future = model.batcher.submit(images, [LOGITS, *features], deadline, context.is_active)
-        result = future.result()
+            result = model.batcher.infer(images, [LOGITS, *features], deadline, context.is_active, arrival)
         self.metrics.queue.labels(model.name).observe(result.queue_s)
         response = pb.ClassifyResponse(model=model.name, version=model.version.version, timings=pb.Timings(
             decode_ms=decode_s * 1e3, queue_ms=result.queue_s * 1e3, compute_ms=result.compute_s * 1e3,

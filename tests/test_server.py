@@ -170,7 +170,7 @@ def test_client_cli(server, fashion, in_process, tmp_path):
 
 
 def test_health_turns_serving_only_after_warm_up(serving_repository, tmp_path):
-    process = SpawnedServer(serving_repository, ["--models", "resnet18", "--warmup-runs", "15"],
+    process = SpawnedServer(serving_repository, ["--models", "resnet18", "--warmup-runs", "100"],
                             log_path=tmp_path / "server.log", wait=False)
     try:
         seen = []
@@ -217,7 +217,8 @@ def test_sigterm_lets_the_request_in_flight_finish(serving_repository, tmp_path)
         caller.join(120)
     assert len(outcome["response"].results) == 64
     assert outcome["finished"] > signalled, "the last call finished after SIGTERM, not before"
-    assert process.stop() == 0 and "stopped" in process.log()
+    assert process.process.wait(30) == 0 and "stopped" in process.log()
+    process.stop()
 
 
 def test_device_cuda_fails_clearly_and_auto_falls_back(serving_repository, server):
