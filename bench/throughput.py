@@ -8,7 +8,6 @@ size in this process. Target: resnet18 at concurrency 32 reaches at least 80% of
 images/s at the same batch size, and no level has errors.
 """
 import argparse
-import re
 
 import numpy as np
 import onnxruntime as ort
@@ -16,6 +15,7 @@ import onnxruntime as ort
 from common import median_ms, random_init_repository, write_json
 
 from server.loadtest import Level, Workload, run_level
+from server.metrics import sample_value
 from server.runtime import ModelRuntime, RuntimeOptions
 from server.spawn import SpawnedServer
 
@@ -23,8 +23,9 @@ TARGET = ("resnet18", 32, 0.80)
 
 
 def histogram(text: str, model: str) -> tuple[float, float]:
-    value = lambda suffix: float(re.search(rf'^cnnserve_batch_size_{suffix}{{model="{model}"}} (\S+)$', text, re.M).group(1))
-    return value("sum"), value("count")
+    """Images batched so far and ONNX Runtime runs so far for `model`."""
+    return (sample_value(text, "cnnserve_batch_size_sum", model=model),
+            sample_value(text, "cnnserve_batch_size_count", model=model))
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
     parser.add_argument("--graph-optimization", choices=list(GRAPH_OPTIMIZATION), default="all")
     parser.add_argument("--warmup-runs", type=int, default=3)
     parser.add_argument("--max-message-mb", type=int, default=64, help="gRPC message size limit, both directions")
-    parser.add_argument("--grpc-threads", type=int, default=32, help="threads handling gRPC calls")
+    parser.add_argument("--grpc-threads", type=int, default=64, help="threads handling gRPC calls (each waits while its request is queued)")
     parser.add_argument("--max-batch-size", type=int, help="dynamic batching: most images per run "
                         "(default: max_batch_size of the model's config.pbtxt); also the per-request limit")
     parser.add_argument("--max-queue-delay-ms", type=float, help="dynamic batching: longest wait for requests on "

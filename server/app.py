@@ -35,7 +35,7 @@ class ServerConfig:
     port: int = 50051
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     max_message_mb: int = 64
-    grpc_threads: int = 32
+    grpc_threads: int = 64
     grace_s: float = 10.0
     metrics_port: int | None = None
     max_batch_size: int | None = None       # None: from each model's config.pbtxt

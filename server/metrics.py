@@ -1,5 +1,6 @@
 """Prometheus metrics, served over HTTP on `--metrics-port` (text format at /metrics)."""
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -31,3 +32,12 @@ class Metrics:
             self.batch_size.labels(model).observe(size)
             self.compute.labels(model).observe(seconds)
         return observe
+
+
+def sample_value(exposition: str, name: str, **labels: str) -> float:
+    """The value of one sample (e.g. `cnnserve_batch_size_count`) in Prometheus text, 0 when absent."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0

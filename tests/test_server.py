@@ -16,6 +16,7 @@ from PIL import Image
 
 from models.data import CLASSES
 from server.client import feature_array, raw_image
+from server.metrics import sample_value
 from server.proto import classifier_pb2 as pb
 from server.spawn import ROOT, SpawnedServer
 
@@ -189,9 +190,7 @@ def test_health_turns_serving_only_after_warm_up(serving_repository, tmp_path):
 
 def in_flight(process, model):
     """The server's own count of Classify calls in progress for `model`, from its Prometheus endpoint."""
-    prefix = f'cnnserve_in_flight_requests{{model="{model}"}}'
-    line = next((l for l in process.metrics().splitlines() if l.startswith(prefix)), None)
-    return 0 if line is None else float(line.split()[-1])
+    return sample_value(process.metrics(), "cnnserve_in_flight_requests", model=model)
 
 
 def test_sigterm_lets_the_request_in_flight_finish(serving_repository, tmp_path):
