@@ -16,6 +16,7 @@ import asyncio
 import csv
 import json
 import multiprocessing
+import queue
 import random
 import sys
 import time
@@ -127,8 +128,8 @@ def run_level(workload: Workload, level: Level, live: bool = True) -> dict:
         try:
             records += results.get(timeout=0.5)
             finished += 1
-        except Exception:   # queue.Empty: nothing yet; show progress
-            pass
+        except queue.Empty:
+            pass   # nothing finished yet: refresh the progress line
         if live:
             elapsed = time.time() - start_at
             phase = "warm-up" if elapsed < workload.warmup_s else f"{min(elapsed - workload.warmup_s, workload.duration_s):4.1f}/{workload.duration_s:g} s"
