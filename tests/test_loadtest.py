@@ -40,7 +40,8 @@ def test_open_loop_above_capacity_shows_rising_latency(serving_repository, tmp_p
     finally:
         server.stop()
     assert opened["sent"] == opened["ok"] + sum(opened["failed"].values())
+    # Three times capacity: the queue, and so the latency, grows by about 2 s per second of the run.
     quarters = opened["p50_by_quarter_ms"]
-    assert quarters[-1] > 3 * quarters[0], quarters
+    assert quarters == sorted(quarters) and quarters[-1] - quarters[0] > 0.5 * workload.duration_s * 1e3, quarters
     assert opened["p50_ms"] > 3 * closed["p50_ms"]
     assert opened["requests_per_s"] < 1.5 * capacity
