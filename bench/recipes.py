@@ -48,7 +48,7 @@ def main() -> None:
             rows.append({"arch": arch, "recipe": recipe, "runs": runs, "mean": statistics.mean(accuracies),
                          "min": min(accuracies), "minutes_per_run": statistics.mean(r["minutes"] for r in runs),
                          "book_printed": BOOK_PRINTED[arch]})
-    print(f"\n| arch | recipe | test acc per seed | mean | min | min/run | book zh / en / best printed |")
+    print("\n| arch | recipe | test acc per seed | mean | min | min/run | book zh / en / best printed |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         seeds = " ".join(f"{r['test_acc']:.4f}" for r in row["runs"])

@@ -11,19 +11,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata as package_metadata
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 
-from export.graph import INPUT_NAME, LOGITS, ServingGraph, export_graph
+from export.graph import INPUT_NAME, ServingGraph, export_graph
 from export.parity import check_parity
 from export.repository import (METADATA_FILE, MODEL_FILE, model_config, next_version, staged_version,
                                write_model_files)

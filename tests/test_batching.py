@@ -40,35 +40,30 @@ def test_concurrent_requests_merge_into_fewer_larger_runs_with_equal_results(ser
                                    [p.logit for p in b.results[0].predictions], rtol=1e-5, atol=1e-6)
 
 
+def wait_in_flight(server, model: str, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while sample_value(server.metrics(), "cnnserve_in_flight_requests", model=model) < count:
+        assert time.monotonic() < deadline, f"{count} requests never reached the server"
+        time.sleep(0.005)
+
+
 def test_full_queue_answers_resource_exhausted_quickly(serving_repository, tmp_path):
-    server = SpawnedServer(serving_repository, ["--models", "resnet18", "--max-batch-size", "1",
-                                                "--max-queue-images", "2", "--threads", "1"], log_path=tmp_path / "s.log")
+    server = SpawnedServer(serving_repository, ["--models", "resnet18", "--threads", "1", "--max-queue-images", "64"],
+                           log_path=tmp_path / "s.log", with_metrics=True)
     try:
-        sent = time.monotonic()
-        futures = [server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=[im]), timeout=60)
-                   for im in images(24)]
-        outcomes = []
-        for f in futures:
-            try:
-                f.result()
-                outcomes.append(("OK", None))
-            except grpc.RpcError as error:
-                outcomes.append((error.code().name, error.details()))
-        refused = [details for code, details in outcomes if code == "RESOURCE_EXHAUSTED"]
-        assert refused and "OK" in [code for code, _ in outcomes]
-        assert {code for code, _ in outcomes} <= {"OK", "RESOURCE_EXHAUSTED"}
-        assert "queue holds" in refused[0] and "limit is 2" in refused[0]
-        # A refusal does not wait for the queue: timing one on its own while the queue is full.
-        fillers = [server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=[im]), timeout=60)
-                   for im in images(8)]
+        running = server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=images(64)), timeout=60)
+        wait_in_flight(server, "resnet18", 1)
+        queued = server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=images(64)), timeout=60)
+        wait_in_flight(server, "resnet18", 2)
+        time.sleep(0.05)   # let the second request finish decoding and join the queue
         start = time.monotonic()
         with pytest.raises(grpc.RpcError) as error:
             server.stub.Classify(pb.ClassifyRequest(model="resnet18", images=images(1)), timeout=60)
         refused_in = time.monotonic() - start
-        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and refused_in < 0.5, refused_in
-        for f in fillers:
-            f.exception()
-        assert time.monotonic() - sent < 60
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "queue holds 64 images and its limit is 64" in error.value.details()
+        assert refused_in < 0.25 and not running.done(), "refused at once, while the queue was still full"
+        assert len(running.result().results) == 64 and len(queued.result().results) == 64
     finally:
         assert server.stop() == 0
 
@@ -79,7 +74,8 @@ def test_expired_deadline_is_dropped_before_compute(serving_repository, tmp_path
     try:
         before = server.metrics()
         busy = server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=images(64)), timeout=60)
-        time.sleep(0.05)
+        wait_in_flight(server, "resnet18", 1)
+        time.sleep(0.02)   # let it finish decoding and start its run
         with pytest.raises(grpc.RpcError) as error:
             server.stub.Classify(pb.ClassifyRequest(model="resnet18", images=images(1)), timeout=0.1)
         assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -89,5 +85,25 @@ def test_expired_deadline_is_dropped_before_compute(serving_repository, tmp_path
         runs = metric(after, "cnnserve_batch_size_count", "resnet18") - metric(before, "cnnserve_batch_size_count", "resnet18")
         assert runs == 1, "only the 64-image request ran; the expired one was dropped"
         assert sample_value(after, "cnnserve_requests_total", model="resnet18", code="DEADLINE_EXCEEDED") == 1
+    finally:
+        assert server.stop() == 0
+
+
+def test_cancelled_request_is_dropped_before_compute(serving_repository, tmp_path):
+    server = SpawnedServer(serving_repository, ["--models", "resnet18", "--threads", "1"],
+                           log_path=tmp_path / "s.log", with_metrics=True)
+    try:
+        busy = server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=images(64)), timeout=60)
+        wait_in_flight(server, "resnet18", 1)
+        before = server.metrics()
+        queued = server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=images(1)), timeout=60)
+        wait_in_flight(server, "resnet18", 2)
+        assert queued.cancel()
+        assert len(busy.result().results) == 64
+        time.sleep(0.3)
+        after = server.metrics()
+        runs = metric(after, "cnnserve_batch_size_count", "resnet18") - metric(before, "cnnserve_batch_size_count", "resnet18")
+        assert runs == 1, "the cancelled request never ran"
+        assert sample_value(after, "cnnserve_requests_total", model="resnet18", code="CANCELLED") == 1
     finally:
         assert server.stop() == 0

@@ -2,7 +2,6 @@
 classified by the server it starts with no arguments, and a rebuild command that still works."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
