@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.images import preload_decoders
 from server.metrics import Metrics
 from server.model_store import ModelStore
 from server.proto import classifier_pb2, classifier_pb2_grpc
@@ -83,6 +84,7 @@ def serve(config: ServerConfig) -> None:
         signal.signal(sig, lambda signum, frame: stopping.set())
 
     store.load_all()
+    preload_decoders()
     for name, model in store.models.items():
         health_servicer.set(name, SERVING if model.ready else NOT_SERVING)
     ready = [name for name, model in store.models.items() if model.ready]
