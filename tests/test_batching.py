@@ -40,70 +40,71 @@ def test_concurrent_requests_merge_into_fewer_larger_runs_with_equal_results(ser
                                    [p.logit for p in b.results[0].predictions], rtol=1e-5, atol=1e-6)
 
 
-def wait_in_flight(server, model: str, count: int, timeout: float = 30) -> None:
+def wait_in_flight(server, count: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while sample_value(server.metrics(), "cnnserve_in_flight_requests", model=model) < count:
+    while sample_value(server.metrics(), "cnnserve_in_flight_requests", model="resnet18") < count:
         assert time.monotonic() < deadline, f"{count} requests never reached the server"
         time.sleep(0.005)
 
 
-def test_full_queue_answers_resource_exhausted_quickly(serving_repository, tmp_path):
+def runs_between(before: str, after: str) -> float:
+    return metric(after, "cnnserve_batch_size_count", "resnet18") - metric(before, "cnnserve_batch_size_count", "resnet18")
+
+
+@pytest.fixture
+def slow_server(serving_repository, tmp_path):
+    """resnet18 on one ONNX Runtime thread: a 64-image request keeps it busy for about half a second,
+    long enough to queue requests behind it deterministically."""
     server = SpawnedServer(serving_repository, ["--models", "resnet18", "--threads", "1", "--max-queue-images", "64"],
-                           log_path=tmp_path / "s.log", with_metrics=True)
-    try:
-        running = server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=images(64)), timeout=60)
-        wait_in_flight(server, "resnet18", 1)
-        queued = server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=images(64)), timeout=60)
-        wait_in_flight(server, "resnet18", 2)
-        time.sleep(0.05)   # let the second request finish decoding and join the queue
-        start = time.monotonic()
-        with pytest.raises(grpc.RpcError) as error:
-            server.stub.Classify(pb.ClassifyRequest(model="resnet18", images=images(1)), timeout=60)
-        refused_in = time.monotonic() - start
-        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "queue holds 64 images and its limit is 64" in error.value.details()
-        assert refused_in < 0.25 and not running.done(), "refused at once, while the queue was still full"
-        assert len(running.result().results) == 64 and len(queued.result().results) == 64
-    finally:
-        assert server.stop() == 0
+                           log_path=tmp_path / "server.log", with_metrics=True)
+    yield server
+    assert server.stop() == 0
 
 
-def test_expired_deadline_is_dropped_before_compute(serving_repository, tmp_path):
-    server = SpawnedServer(serving_repository, ["--models", "resnet18", "--threads", "1"],
-                           log_path=tmp_path / "s.log", with_metrics=True)
-    try:
-        before = server.metrics()
-        busy = server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=images(64)), timeout=60)
-        wait_in_flight(server, "resnet18", 1)
-        time.sleep(0.02)   # let it finish decoding and start its run
-        with pytest.raises(grpc.RpcError) as error:
-            server.stub.Classify(pb.ClassifyRequest(model="resnet18", images=images(1)), timeout=0.1)
-        assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert len(busy.result().results) == 64
-        time.sleep(0.2)
-        after = server.metrics()
-        runs = metric(after, "cnnserve_batch_size_count", "resnet18") - metric(before, "cnnserve_batch_size_count", "resnet18")
-        assert runs == 1, "only the 64-image request ran; the expired one was dropped"
-        assert sample_value(after, "cnnserve_requests_total", model="resnet18", code="DEADLINE_EXCEEDED") == 1
-    finally:
-        assert server.stop() == 0
+def start_busy_run(server):
+    """Send 64 images and return once the server is working on them."""
+    busy = server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=images(64)), timeout=60)
+    wait_in_flight(server, 1)
+    time.sleep(0.02)   # let it finish decoding and start its run
+    return busy
 
 
-def test_cancelled_request_is_dropped_before_compute(serving_repository, tmp_path):
-    server = SpawnedServer(serving_repository, ["--models", "resnet18", "--threads", "1"],
-                           log_path=tmp_path / "s.log", with_metrics=True)
-    try:
-        busy = server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=images(64)), timeout=60)
-        wait_in_flight(server, "resnet18", 1)
-        before = server.metrics()
-        queued = server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=images(1)), timeout=60)
-        wait_in_flight(server, "resnet18", 2)
-        assert queued.cancel()
-        assert len(busy.result().results) == 64
-        time.sleep(0.3)
-        after = server.metrics()
-        runs = metric(after, "cnnserve_batch_size_count", "resnet18") - metric(before, "cnnserve_batch_size_count", "resnet18")
-        assert runs == 1, "the cancelled request never ran"
-        assert sample_value(after, "cnnserve_requests_total", model="resnet18", code="CANCELLED") == 1
-    finally:
-        assert server.stop() == 0
+def test_full_queue_answers_resource_exhausted_quickly(slow_server):
+    running = start_busy_run(slow_server)
+    queued = slow_server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=images(64)), timeout=60)
+    wait_in_flight(slow_server, 2)
+    time.sleep(0.05)   # let the second request finish decoding and join the queue
+    start = time.monotonic()
+    with pytest.raises(grpc.RpcError) as error:
+        slow_server.stub.Classify(pb.ClassifyRequest(model="resnet18", images=images(1)), timeout=60)
+    refused_in = time.monotonic() - start
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "queue holds 64 images and its limit is 64" in error.value.details()
+    assert refused_in < 0.25 and not running.done(), "refused at once, while the queue was still full"
+    assert len(running.result().results) == 64 and len(queued.result().results) == 64
+
+
+def test_expired_deadline_is_dropped_before_compute(slow_server):
+    before = slow_server.metrics()
+    busy = start_busy_run(slow_server)
+    with pytest.raises(grpc.RpcError) as error:
+        slow_server.stub.Classify(pb.ClassifyRequest(model="resnet18", images=images(1)), timeout=0.1)
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(busy.result().results) == 64
+    time.sleep(0.2)
+    after = slow_server.metrics()
+    assert runs_between(before, after) == 1, "only the 64-image request ran; the expired one was dropped"
+    assert sample_value(after, "cnnserve_requests_total", model="resnet18", code="DEADLINE_EXCEEDED") == 1
+
+
+def test_cancelled_request_is_dropped_before_compute(slow_server):
+    before = slow_server.metrics()
+    busy = start_busy_run(slow_server)
+    queued = slow_server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=images(1)), timeout=60)
+    wait_in_flight(slow_server, 2)
+    assert queued.cancel()
+    assert len(busy.result().results) == 64
+    time.sleep(0.3)
+    after = slow_server.metrics()
+    assert runs_between(before, after) == 1, "only the 64-image request ran; the cancelled one was dropped"
+    assert sample_value(after, "cnnserve_requests_total", model="resnet18", code="CANCELLED") == 1
