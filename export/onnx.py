@@ -22,7 +22,7 @@ import onnxruntime as ort
 import torch
 
 from export.graph import INPUT_NAME, ServingGraph, export_graph
-from export.parity import check_parity
+from export.parity import ParityError, check_parity
 from export.repository import (METADATA_FILE, MODEL_FILE, model_config, next_version, staged_version,
                                write_model_files)
 from models.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
@@ -81,16 +81,39 @@ def exporter_versions() -> dict[str, str]:
     return {name: package_metadata.version(name) for name in ("torch", "onnx", "onnxscript", "onnxruntime")}
 
 
+def build_metadata(arch: str, version: int, source: Source, model_path: Path, output_shapes: dict[str, list[int]],
+                   parity: dict, opset: int) -> dict:
+    """Everything a server or a person needs to know about one exported version."""
+    checkpoint = source.checkpoint
+    config = checkpoint["config"] if checkpoint else {}
+    return {
+        "arch": arch, "version": version, "trained": checkpoint is not None,
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [-1, 1, IMAGE_SIDE, IMAGE_SIDE]},
+        "preprocessing": {"scale": "pixel / 255", "resize": {"side": source.model.input_side, "mode": "bilinear",
+                                                             "align_corners": False},
+                          "mean": config.get("mean"), "std": config.get("std")},
+        "labels": list(CLASSES),
+        "outputs": [{"name": name, "dtype": "float32", "shape": [-1, *dims]} for name, dims in output_shapes.items()],
+        "model_file": model_path.name,
+        "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+        "size_bytes": model_path.stat().st_size,
+        "test_acc": checkpoint["metrics"]["test_acc"] if checkpoint else None,
+        "checkpoint": None if checkpoint is None else {
+            "path": checkpoint["path"], "sha256": checkpoint["sha256"], "recipe": config["recipe"], "config": config,
+            "metrics": {k: v for k, v in checkpoint["metrics"].items() if k != "history"}},
+        "opset": opset, "exporter": exporter_versions(), "parity": parity,
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def export(arch: str, out: Path, *, checkpoint: str | None = None, random_init: bool = False,
            version: int | None = None, opset: int = DEFAULT_OPSET, features: str = "all",
            checkpoints_dir: Path = Path("checkpoints"), data_dir: str | None = None) -> Path:
     """Export, verify and write one model; return its version directory."""
     started = time.perf_counter()
     source = resolve_source(arch, checkpoint, random_init, checkpoints_dir)
-    trained = source.checkpoint is not None
-    config = source.checkpoint["config"] if trained else {}
-    mean, std = config.get("mean"), config.get("std")
-    graph = ServingGraph(source.model, select_features(source.model, features), mean, std)
+    config = source.checkpoint["config"] if source.checkpoint else {}
+    graph = ServingGraph(source.model, select_features(source.model, features), config.get("mean"), config.get("std"))
     model_dir = out / arch
     version = version or next_version(model_dir)
     with staged_version(model_dir, version) as staging:
@@ -105,31 +128,14 @@ def export(arch: str, out: Path, *, checkpoint: str | None = None, random_init: 
         session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
         parity = check_parity(graph, session, parity_batches)
         output_shapes = {o.name: list(o.shape[1:]) for o in session.get_outputs()}
-        metadata = {
-            "arch": arch, "version": version, "trained": trained,
-            "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [-1, 1, IMAGE_SIDE, IMAGE_SIDE]},
-            "preprocessing": {"scale": "pixel / 255", "resize": {"side": source.model.input_side,
-                              "mode": "bilinear", "align_corners": False}, "mean": mean, "std": std},
-            "labels": list(CLASSES),
-            "outputs": [{"name": name, "dtype": "float32", "shape": [-1, *dims]} for name, dims in output_shapes.items()],
-            "model_file": MODEL_FILE,
-            "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
-            "size_bytes": model_path.stat().st_size,
-            "test_acc": source.checkpoint["metrics"]["test_acc"] if trained else None,
-            "checkpoint": None if not trained else {
-                "path": source.checkpoint["path"], "sha256": source.checkpoint["sha256"],
-                "recipe": config["recipe"], "config": config,
-                "metrics": {k: v for k, v in source.checkpoint["metrics"].items() if k != "history"}},
-            "opset": opset, "exporter": exporter_versions(), "parity": parity,
-            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "export_seconds": round(time.perf_counter() - started, 2),
-        }
+        metadata = build_metadata(arch, version, source, model_path, output_shapes, parity, opset)
+        metadata["export_seconds"] = round(time.perf_counter() - started, 2)
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
     write_model_files(model_dir, model_config(arch, [1, IMAGE_SIDE, IMAGE_SIDE], output_shapes), list(CLASSES))
     worst = max(parity["outputs"].values(), key=lambda o: o["max_abs"])
     print(f"{arch} v{version}: {metadata['size_bytes'] / 1e6:.1f} MB, {len(output_shapes)} outputs, "
           f"parity ok (worst max abs {worst['max_abs']:.2e}, max rel {worst['max_rel']:.2e}), "
-          f"{'trained, test acc ' + format(metadata['test_acc'], '.4f') if trained else 'UNTRAINED'}, "
+          f"{'trained, test acc ' + format(metadata['test_acc'], '.4f') if metadata['trained'] else 'UNTRAINED'}, "
           f"{metadata['export_seconds']:.1f} s -> {model_dir / str(version)}")
     return model_dir / str(version)
 
@@ -157,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
                    opset=args.opset, features=args.features, checkpoints_dir=args.checkpoints, data_dir=args.data_dir)
         except (ExportError, FileExistsError) as error:
             parser.exit(1, f"error: {error}\n")
+        except (ParityError, onnx.checker.ValidationError) as error:
+            parser.exit(1, f"error: {arch} failed verification; nothing was written:\n{error}\n")
         except OSError as error:
             parser.exit(1, f"error: cannot write the model repository at {args.out}: {error}\n")
 
