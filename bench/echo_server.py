@@ -9,7 +9,7 @@ import grpc
 
 from common import ROOT  # noqa: F401  (puts the project on sys.path)
 
-from server.app import ServerConfig, grpc_options
+from server.app import ServerConfig, message_limits
 
 METHOD = "/cnnserve.bench.Echo/Echo"
 
@@ -17,7 +17,7 @@ METHOD = "/cnnserve.bench.Echo/Echo"
 def main() -> None:
     config = ServerConfig()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.grpc_threads),
-                         options=grpc_options(config.max_message_mb))
+                         options=message_limits(config.max_message_mb))
     echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)   # bytes in, same bytes out
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("cnnserve.bench.Echo", {"Echo": echo})])
     port = server.add_insecure_port("127.0.0.1:0")

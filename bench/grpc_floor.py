@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from common import random_init_repository, write_json
 
-from server.app import ServerConfig, grpc_options
+from server.app import ServerConfig, message_limits
 
 
 def p50_ms(fn, n: int = 400) -> float:
@@ -47,7 +47,7 @@ def main() -> None:
         return request
 
     config = ServerConfig()
-    server = grpc.server(futures.ThreadPoolExecutor(config.grpc_threads), options=grpc_options(config.max_message_mb))
+    server = grpc.server(futures.ThreadPoolExecutor(config.grpc_threads), options=message_limits(config.max_message_mb))
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
         "bench.Floor", {"Call": grpc.unary_unary_rpc_method_handler(handler)})])
     port = server.add_insecure_port("127.0.0.1:0")

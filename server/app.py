@@ -45,10 +45,10 @@ class ServerConfig:
     reuse_port: bool = False                # several worker processes share one port
 
 
-def grpc_options(max_message_mb: int, reuse_port: bool = False) -> list[tuple[str, int]]:
+def message_limits(max_message_mb: int) -> list[tuple[str, int]]:
+    """gRPC options that set the message size limit both ways; servers and clients use the same."""
     limit = max_message_mb * 2**20
-    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
-            ("grpc.so_reuseport", int(reuse_port))]
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
 
 
 def serve(config: ServerConfig) -> None:
@@ -64,8 +64,9 @@ def serve(config: ServerConfig) -> None:
         "max_queue_delay_s": None if config.max_queue_delay_ms is None else config.max_queue_delay_ms / 1e3,
         "max_queue_images": config.max_queue_images}, metrics)
 
+    # gRPC turns SO_REUSEPORT on by default; only --workers wants it, elsewhere a busy port must be an error.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="grpc"),
-                         options=grpc_options(config.max_message_mb, config.reuse_port))
+                         options=[*message_limits(config.max_message_mb), ("grpc.so_reuseport", int(config.reuse_port))])
     max_message_bytes = config.max_message_mb * 2**20
     classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierService(store, metrics, max_message_bytes), server)
     health_servicer = health.HealthServicer()

@@ -15,14 +15,14 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.app import grpc_options
+from server.app import message_limits
 from server.proto import classifier_pb2 as pb
 from server.proto import classifier_pb2_grpc
 
 
 def connect(target: str, max_message_mb: int = 64) -> grpc.Channel:
     """A channel with the same explicit message limits as the server."""
-    return grpc.insecure_channel(target, options=grpc_options(max_message_mb)[:2])
+    return grpc.insecure_channel(target, options=message_limits(max_message_mb))
 
 
 def encoded_image(path: Path) -> pb.Image:

@@ -27,7 +27,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from server.app import grpc_options
+from server.app import message_limits
 from server.proto import classifier_pb2 as pb
 from server.proto import classifier_pb2_grpc
 
@@ -73,7 +73,7 @@ async def _drive(workload: Workload, level: Level, share: float, start_at: float
     measure_from = start_at + workload.warmup_s
     end = measure_from + workload.duration_s
     records: list[tuple[float, float, str]] = []
-    async with grpc.aio.insecure_channel(workload.target, options=grpc_options(workload.max_message_mb)[:2]) as channel:
+    async with grpc.aio.insecure_channel(workload.target, options=message_limits(workload.max_message_mb)) as channel:
         stub = classifier_pb2_grpc.ClassifierStub(channel)
 
         async def call(intended: float) -> None:
