@@ -6,10 +6,10 @@ import threading
 from concurrent import futures
 
 import grpc
-
 from common import ROOT  # noqa: F401  (puts the project on sys.path)
 
-from server.app import ServerConfig, message_limits
+from server.app import ServerConfig
+from server.channel import message_limits
 
 METHOD = "/cnnserve.bench.Echo/Echo"
 

@@ -14,10 +14,10 @@ from concurrent import futures
 import grpc
 import numpy as np
 import onnxruntime as ort
-
 from common import random_init_repository, write_json
 
-from server.app import ServerConfig, message_limits
+from server.app import ServerConfig
+from server.channel import message_limits
 
 
 def p50_ms(fn, n: int = 400) -> float:

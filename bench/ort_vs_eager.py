@@ -10,9 +10,9 @@ import argparse
 import numpy as np
 import onnxruntime as ort
 import torch
-
 from common import median_ms, random_init_repository, write_json
 
+from cnnserve.spec import Preprocessing
 from export.graph import ServingGraph
 from models import create_model, list_models
 
@@ -31,7 +31,8 @@ def main() -> None:
     print(f"{'arch':<10} {'batch':>5} {'eager ms':>10} {'ORT ms':>10} {'speedup':>8}  target (batch 1: >= {TARGET_SPEEDUP}x)")
     for arch in archs:
         torch.manual_seed(0)
-        graph = ServingGraph(create_model(arch).eval(), [], None, None)
+        model = create_model(arch).eval()
+        graph = ServingGraph(model, [], Preprocessing(side=model.input_side))
         session = ort.InferenceSession(str(repository / arch / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
         for batch in map(int, args.batches.split(",")):
             images = np.random.default_rng(0).integers(0, 256, (batch, 1, 28, 28), dtype=np.uint8)

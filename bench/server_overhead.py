@@ -14,13 +14,12 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-
 from common import ROOT, random_init_repository, write_json
 
+from cnnserve.spawn import SpawnedServer
 from server.client import connect, raw_image
 from server.proto import classifier_pb2 as pb
 from server.runtime import ModelRuntime, RuntimeOptions
-from server.spawn import SpawnedServer
 
 TARGET_RATIO = 1.25
 
@@ -70,7 +69,8 @@ def main() -> None:
         server.stop()
         echo_process.terminate()
     print(f"onnxruntime {ort.__version__}; p50 over {args.rounds} interleaved rounds of {args.seconds:g} s each")
-    print(f"{'model':<10} {'in-process':>11} {'echo':>8} {'Classify':>9} {'added':>8} {'added/echo':>11}  target <= {TARGET_RATIO}")
+    print(f"{'model':<10} {'in-process':>11} {'echo':>8} {'Classify':>9} {'added':>8} {'added/echo':>11}  "
+          f"target <= {TARGET_RATIO}")
     for r in rows:
         verdict = "PASS" if r["ratio_to_echo"] <= TARGET_RATIO else f"MISS by {r['ratio_to_echo'] - TARGET_RATIO:.2f}"
         print(f"{r['model']:<10} {r['in_process_p50_ms']:>9.3f}ms {r['echo_p50_ms']:>6.3f}ms {r['classify_p50_ms']:>7.3f}ms "

@@ -11,13 +11,12 @@ import argparse
 
 import numpy as np
 import onnxruntime as ort
-
 from common import median_ms, random_init_repository, write_json
 
+from cnnserve.spawn import SpawnedServer
 from server.loadtest import Level, Workload, run_level
 from server.metrics import sample_value
 from server.runtime import ModelRuntime, RuntimeOptions
-from server.spawn import SpawnedServer
 
 TARGET = ("resnet18", 32, 0.80)
 

@@ -1,10 +1,14 @@
-"""Rebuild the default model repository from scratch: train, then export, the shipped models.
+"""Rebuild the default model repository: every architecture with shipped weights, as version 1.
 
-    python -m export.defaults [--out model_repository] [--epochs 10] [--seed 0]
+    python -m export.defaults [--out model_repository]                  # from the shipped weights, minutes
+    python -m export.defaults --retrain [--archs lenet,lenet_bn] [--epochs N] [--seed N]
 
-Trains `lenet` and `lenet_bn` with the modern recipe on the CPU, exports each with all its
-feature maps as version 1, and replaces `<out>/<arch>` only once its new export has passed every
-check. The result is what `python -m server` serves with no arguments.
+By default each architecture in `models.list_models(trained=True)` is exported from its shipped
+weights (models/weights/) with all its feature maps. With --retrain, each is first trained from
+scratch with the recipe its shipped weights record (on this machine's default device), and that
+checkpoint is exported; `python -m models.pretrained publish CHECKPOINT` then ships new weights.
+`<out>/<arch>` is replaced only once its new export has passed every check. The result is what
+`python -m server` serves with no arguments.
 """
 from __future__ import annotations
 
@@ -12,42 +16,66 @@ import argparse
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from export.onnx import export
+from export.onnx import ExportError, export
 from models.data import load_fashion_mnist
-from models.recipes import make_config
+from models.pretrained import get_weights
+from models.recipes import TrainConfig
+from models.registry import list_models
 from models.train import run
 
-DEFAULT_MODELS = ("lenet", "lenet_bn")
 
-
-def rebuild(out: Path, *, epochs: int = 10, seed: int = 0, data_dir: str | None = None,
-            checkpoints: Path = Path("checkpoints"), progress: bool = True) -> None:
-    data = load_fashion_mnist(data_dir)
+def replace_model(out: Path, arch: str, build) -> None:
+    """Build `arch` into a staging repository inside `out`, then swap it in for `<out>/<arch>`."""
     out.mkdir(parents=True, exist_ok=True)
-    for arch in DEFAULT_MODELS:
+    with tempfile.TemporaryDirectory(dir=out, prefix=".rebuild-") as staging:
+        build(Path(staging))
+        target = out / arch
+        if target.exists():
+            shutil.rmtree(target)
+        (Path(staging) / arch).rename(target)
+
+
+def rebuild(out: Path, archs: list[str], *, retrain: bool = False, epochs: int | None = None, seed: int | None = None,
+            data_dir: str | None = None, checkpoints: Path = Path("checkpoints"), progress: bool = True) -> None:
+    data = load_fashion_mnist(data_dir) if retrain else None
+    for arch in archs:
         started = time.perf_counter()
-        config = make_config(arch, "modern", epochs=epochs, seed=seed, device="cpu")
-        checkpoint = run(config, data, checkpoints, progress=progress)
-        with tempfile.TemporaryDirectory(dir=out, prefix=".rebuild-") as staging:
-            export(arch, Path(staging), checkpoint=str(checkpoint), version=1, data_dir=data_dir)
-            target = out / arch
-            if target.exists():
-                shutil.rmtree(target)
-            (Path(staging) / arch).rename(target)
+        if retrain:
+            recorded = TrainConfig(**get_weights(arch).config)
+            config = replace(recorded, device="auto", **{k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None})
+            if config.low_res_epochs > config.epochs:
+                config = replace(config, low_res_epochs=config.epochs // 2)
+            checkpoint = run(config, data, checkpoints, progress=progress)
+            replace_model(out, arch, lambda staging: export(arch, staging, checkpoint=str(checkpoint), version=1,
+                                                            data_dir=data_dir))
+        else:
+            replace_model(out, arch, lambda staging: export(arch, staging, shipped=True, version=1, data_dir=data_dir))
         print(f"{arch}: rebuilt in {time.perf_counter() - started:.0f} s -> {out / arch}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m export.defaults", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("model_repository"))
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--archs", help="comma-separated (default: every architecture with shipped weights: "
+                        f"{', '.join(list_models(trained=True))})")
+    parser.add_argument("--retrain", action="store_true", help="train from scratch first, with the recorded recipe")
+    parser.add_argument("--epochs", type=int, help="with --retrain: override the recorded epochs")
+    parser.add_argument("--seed", type=int, help="with --retrain: override the recorded seed")
     parser.add_argument("--data-dir", help="Fashion-MNIST directory")
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
     args = parser.parse_args(argv)
-    rebuild(args.out, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir, checkpoints=args.checkpoints)
+    archs = args.archs.split(",") if args.archs else list_models(trained=True)
+    unknown = [a for a in archs if a not in list_models(trained=True)]
+    if unknown:
+        parser.exit(2, f"error: no shipped weights for {', '.join(unknown)}; shipped: {', '.join(list_models(trained=True))}\n")
+    try:
+        rebuild(args.out, archs, retrain=args.retrain, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
+                checkpoints=args.checkpoints)
+    except ExportError as error:
+        parser.exit(1, f"error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
     python -m export.evaluate model_repository/lenet_bn [--version N]
 
-For a trained export it also compares with the test accuracy recorded at training time and
-exits non-zero when they differ by more than 0.1 point.
+It compares with the test accuracy recorded for the weights and exits non-zero when they differ
+by more than 0.1 point, or when the export is untrained.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
+from cnnserve.spec import INPUT_NAME, LOGITS
 from models.data import DataError, load_split
 from server.repository import RepositoryError, load_version
 
@@ -25,7 +26,7 @@ def accuracy(model_path: Path, images: np.ndarray, labels: np.ndarray, batch_siz
     correct = 0
     for start in tqdm(range(0, len(images), batch_size), desc=f"evaluate {model_path.parent.parent.name}", leave=False):
         batch = images[start:start + batch_size, None]
-        (logits,) = session.run(["logits"], {"image": batch})
+        (logits,) = session.run([LOGITS], {INPUT_NAME: batch})
         correct += int((logits.argmax(1) == labels[start:start + batch_size]).sum())
     return correct / len(images)
 
@@ -45,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     recorded = model.metadata["test_acc"]
     print(f"{model.name} v{model.version}: test accuracy {measured:.4f} on {len(images)} images (ONNX Runtime CPU)")
     if recorded is None:
-        print("untrained export: no recorded accuracy to compare with")
-        return
+        parser.exit(1, "error: an UNTRAINED export (random weights); its accuracy is chance and there is no "
+                       "recorded accuracy to compare with\n")
     difference = measured - recorded
     print(f"recorded at training: {recorded:.4f}  difference {difference * 100:+.2f} points")
     if abs(difference) > TOLERANCE:

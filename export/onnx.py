@@ -2,6 +2,9 @@
 
     python -m export.onnx --arch resnet18 [--checkpoint PATH | --random-init] [--out model_repository]
 
+The weights come from --checkpoint, else the newest local checkpoint, else the shipped trained
+weights (models/weights/). --random-init exports go to exports/untrained/ by default.
+
 Every export is checked (onnx.checker with full check, an ONNX Runtime CPU session, parity with
 PyTorch on real Fashion-MNIST test images at batch 1 and 7); if any check fails, the export fails
 and no version directory is left behind.
@@ -9,28 +12,33 @@ and no version directory is left behind.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata as package_metadata
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from PIL import Image
 
-from export.graph import INPUT_NAME, ServingGraph, export_graph
+from cnnserve.spec import CLASSES, IMAGE_SIDE, INPUT_NAME, Preprocessing, UnknownFeatures, select_features, sha256_file
+from export.graph import ServingGraph, export_graph
 from export.parity import ParityError, check_parity
-from export.repository import (METADATA_FILE, MODEL_FILE, model_config, next_version, staged_version,
-                               write_model_files)
+from export.repository import METADATA_FILE, MODEL_FILE, model_config, next_version, staged_version, write_model_files
 from models.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from models.data import CLASSES, IMAGE_SIDE, DataError, load_split
+from models.data import DataError, has_split, load_split, resolve_data_dir
+from models.pretrained import WEIGHTS_NAME, WeightsError, get_weights, list_weights
 from models.registry import TapNet, create_model, list_models
 
 DEFAULT_OPSET = 20
+DEFAULT_REPOSITORY = Path("model_repository")
+UNTRAINED_OUT = Path("exports/untrained")   # where random-init exports go unless --out says otherwise
 PARITY_BATCH_SIZES = (1, 7)
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 
 
 class ExportError(RuntimeError):
@@ -43,18 +51,34 @@ class Source:
     model: TapNet
     checkpoint: dict | None
 
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """As training did it (the record the checkpoint carries; older checkpoints: their config);
+        untrained: the model's side, no normalisation."""
+        if self.checkpoint is None:
+            return Preprocessing(side=self.model.input_side)
+        if "preprocessing" in self.checkpoint:
+            return Preprocessing(**self.checkpoint["preprocessing"])
+        config = self.checkpoint["config"]
+        return Preprocessing(side=config["side"], mean=config.get("mean"), std=config.get("std"))
 
-def resolve_source(arch: str, checkpoint: str | None, random_init: bool, checkpoints_dir: Path) -> Source:
+
+def resolve_source(arch: str, checkpoint: str | None, random_init: bool, checkpoints_dir: Path,
+                   shipped: bool = False) -> Source:
     if arch not in list_models():
         raise ExportError(f"unknown architecture {arch!r}; choose one of {', '.join(list_models())}")
+    if shipped:
+        return shipped_source(arch)
     if random_init:
         torch.manual_seed(0)
         return Source(create_model(arch).eval(), None)
     path = Path(checkpoint) if checkpoint else latest_checkpoint(arch, checkpoints_dir)
     if path is None:
-        raise ExportError(f"no checkpoint of {arch} in {checkpoints_dir}/{arch}/. Train one with "
-                          f"`python -m models.train --arch {arch}`, pass --checkpoint PATH, or pass "
-                          f"--random-init for an untrained export")
+        if arch in list_weights():
+            return shipped_source(arch)
+        raise ExportError(f"no checkpoint of {arch} in {checkpoints_dir}/{arch}/ and no shipped weights for it. "
+                          f"Train one with `python -m models.train --arch {arch}`, pass --checkpoint PATH, or pass "
+                          f"--random-init for an untrained export (written to {UNTRAINED_OUT}/)")
     try:
         model, loaded = load_checkpoint(path)
     except CheckpointError as error:
@@ -64,17 +88,55 @@ def resolve_source(arch: str, checkpoint: str | None, random_init: bool, checkpo
     return Source(model, loaded)
 
 
-def select_features(model: TapNet, spec: str) -> list[str]:
-    names = [tap.name for tap in model.feature_info]
-    if spec == "all":
-        return names
-    if spec == "none":
-        return []
-    wanted = [name.strip() for name in spec.split(",") if name.strip()]
-    unknown = [name for name in wanted if name not in names]
-    if unknown:
-        raise ExportError(f"unknown feature taps {unknown}; {model.__class__.__name__} has {', '.join(names)}")
-    return [name for name in names if name in wanted]   # keep the model's order
+def shipped_source(arch: str) -> Source:
+    """The shipped trained weights, described like a checkpoint (config, metrics, path, sha256)."""
+    try:
+        weights = get_weights(arch)
+        model = create_model(arch, weights=WEIGHTS_NAME)
+    except WeightsError as error:
+        raise ExportError(str(error)) from None
+    metrics = {"test_acc": weights.test_acc_stored, "test_acc_fp32": weights.test_acc, "epochs": weights.epochs,
+               "train_seconds": weights.train_seconds, "wall_seconds": weights.wall_seconds, "device": weights.device}
+    config = weights.config
+    preprocessing = {"side": config["side"], "mean": config.get("mean"), "std": config.get("std")}
+    return Source(model, {"config": config, "preprocessing": preprocessing, "metrics": metrics,
+                          "sha256": weights.sha256, "path": f"models/weights/{weights.file}"})
+
+
+def holds_trained_version(model_dir: Path) -> bool:
+    """Whether any version under `model_dir` is a trained export (an unreadable metadata file counts as not)."""
+    for path in model_dir.glob("[0-9]*/" + METADATA_FILE):
+        try:
+            if json.loads(path.read_text()).get("trained"):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def feature_outputs(model: TapNet, spec: str) -> list[str]:
+    """--features: "all", "none" or "name,name" -> the taps to output, in the model's order."""
+    requested = [] if spec == "none" else [name.strip() for name in spec.split(",") if name.strip()]
+    try:
+        return select_features([tap.name for tap in model.feature_info], requested)
+    except UnknownFeatures as error:
+        raise ExportError(f"--features: {error}") from None
+
+
+def parity_images(data_dir: str | None) -> np.ndarray:
+    """Real test images for the parity check: Fashion-MNIST's test split when it is here, else the
+    shipped examples (ten test images saved as PNG), so an export never needs a download."""
+    if data_dir or has_split(resolve_data_dir(), "test"):
+        try:
+            return load_split(data_dir, "test")[0]
+        except DataError as error:
+            raise ExportError(f"parity needs the Fashion-MNIST test images: {error}") from None
+    examples = sorted(EXAMPLES_DIR.glob("[0-9]-*.png"))
+    if not examples:
+        raise ExportError(f"parity needs real images: no Fashion-MNIST in {resolve_data_dir()} and no examples "
+                          f"in {EXAMPLES_DIR}; pass --data-dir or set FASHION_MNIST_DIR")
+    images = np.stack([np.asarray(Image.open(path).convert("L")) for path in examples])
+    return np.concatenate([images] * -(-max(PARITY_BATCH_SIZES) // len(images)))
 
 
 def exporter_versions() -> dict[str, str]:
@@ -89,13 +151,11 @@ def build_metadata(arch: str, version: int, source: Source, model_path: Path, ou
     return {
         "arch": arch, "version": version, "trained": checkpoint is not None,
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [-1, 1, IMAGE_SIDE, IMAGE_SIDE]},
-        "preprocessing": {"scale": "pixel / 255", "resize": {"side": source.model.input_side, "mode": "bilinear",
-                                                             "align_corners": False},
-                          "mean": config.get("mean"), "std": config.get("std")},
+        "preprocessing": asdict(source.preprocessing),
         "labels": list(CLASSES),
         "outputs": [{"name": name, "dtype": "float32", "shape": [-1, *dims]} for name, dims in output_shapes.items()],
         "model_file": model_path.name,
-        "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+        "sha256": sha256_file(model_path),
         "size_bytes": model_path.stat().st_size,
         "test_acc": checkpoint["metrics"]["test_acc"] if checkpoint else None,
         "checkpoint": None if checkpoint is None else {
@@ -108,19 +168,24 @@ def build_metadata(arch: str, version: int, source: Source, model_path: Path, ou
 
 def export(arch: str, out: Path, *, checkpoint: str | None = None, random_init: bool = False,
            version: int | None = None, opset: int = DEFAULT_OPSET, features: str = "all",
-           checkpoints_dir: Path = Path("checkpoints"), data_dir: str | None = None) -> Path:
-    """Export, verify and write one model; return its version directory."""
+           checkpoints_dir: Path = Path("checkpoints"), data_dir: str | None = None, force: bool = False,
+           shipped: bool = False) -> Path:
+    """Export, verify and write one model; return its version directory.
+
+    An untrained export never lands beside trained versions (where the server would serve it as
+    the newest) unless `force`.
+    """
     started = time.perf_counter()
-    source = resolve_source(arch, checkpoint, random_init, checkpoints_dir)
-    config = source.checkpoint["config"] if source.checkpoint else {}
-    graph = ServingGraph(source.model, select_features(source.model, features), config.get("mean"), config.get("std"))
+    source = resolve_source(arch, checkpoint, random_init, checkpoints_dir, shipped)
+    graph = ServingGraph(source.model, feature_outputs(source.model, features), source.preprocessing)
     model_dir = out / arch
+    if source.checkpoint is None and not force and holds_trained_version(model_dir):
+        raise ExportError(f"{model_dir} holds trained versions, and the server serves the newest version: an "
+                          f"untrained export there would replace them. Write it elsewhere with --out (the "
+                          f"default for --random-init is {UNTRAINED_OUT}/), or pass --force")
     version = version or next_version(model_dir)
     with staged_version(model_dir, version) as staging:
-        try:
-            test_images, _ = load_split(data_dir, "test")
-        except DataError as error:
-            raise ExportError(f"parity needs the Fashion-MNIST test images: {error}") from None
+        test_images = parity_images(data_dir)
         parity_batches = [test_images[:n, None].copy() for n in PARITY_BATCH_SIZES]
         model_path = staging / MODEL_FILE
         export_graph(graph, model_path, opset)
@@ -135,7 +200,8 @@ def export(arch: str, out: Path, *, checkpoint: str | None = None, random_init: 
     worst = max(parity["outputs"].values(), key=lambda o: o["max_abs"])
     print(f"{arch} v{version}: {metadata['size_bytes'] / 1e6:.1f} MB, {len(output_shapes)} outputs, "
           f"parity ok (worst max abs {worst['max_abs']:.2e}, max rel {worst['max_rel']:.2e}), "
-          f"{'trained, test acc ' + format(metadata['test_acc'], '.4f') if metadata['trained'] else 'UNTRAINED'}, "
+          f"{'trained, test acc ' + format(metadata['test_acc'], '.4f') if metadata['trained'] else 'UNTRAINED'}"
+          f"{' (' + source.checkpoint['path'] + ')' if source.checkpoint else ''}, "
           f"{metadata['export_seconds']:.1f} s -> {model_dir / str(version)}")
     return model_dir / str(version)
 
@@ -145,9 +211,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arch", required=True, help=f"one of {', '.join(list_models())}, or 'all'")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="checkpoint file (default: the newest in --checkpoints/<arch>/)")
+    source.add_argument("--weights", choices=[WEIGHTS_NAME], help="the shipped trained weights, even when a local "
+                        "checkpoint exists (without any of these flags they are used when none exists)")
     source.add_argument("--random-init", action="store_true", help="export an untrained model (marked in the metadata)")
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="where to look for checkpoints")
-    parser.add_argument("--out", type=Path, default=Path("model_repository"))
+    parser.add_argument("--out", type=Path, help=f"model repository (default: model_repository; "
+                        f"with --random-init: {UNTRAINED_OUT})")
+    parser.add_argument("--force", action="store_true", help="allow an untrained export beside trained versions")
     parser.add_argument("--version", type=int, help="version number (default: one above the newest)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--features", default="all", help="feature taps to output: all, none, or name,name")
@@ -157,16 +227,18 @@ def main(argv: list[str] | None = None) -> None:
     archs = list_models() if args.arch == "all" else [args.arch]
     if args.checkpoint and len(archs) > 1:
         parser.error("--checkpoint names one file; use it with one --arch")
+    out = args.out or (UNTRAINED_OUT if args.random_init else DEFAULT_REPOSITORY)
     for arch in archs:
         try:
-            export(arch, args.out, checkpoint=args.checkpoint, random_init=args.random_init, version=args.version,
-                   opset=args.opset, features=args.features, checkpoints_dir=args.checkpoints, data_dir=args.data_dir)
+            export(arch, out, checkpoint=args.checkpoint, random_init=args.random_init, version=args.version,
+                   opset=args.opset, features=args.features, checkpoints_dir=args.checkpoints, data_dir=args.data_dir,
+                   force=args.force, shipped=bool(args.weights))
         except (ExportError, FileExistsError) as error:
             parser.exit(1, f"error: {error}\n")
         except (ParityError, onnx.checker.ValidationError) as error:
             parser.exit(1, f"error: {arch} failed verification; nothing was written:\n{error}\n")
         except OSError as error:
-            parser.exit(1, f"error: cannot write the model repository at {args.out}: {error}\n")
+            parser.exit(1, f"error: cannot write the model repository at {out}: {error}\n")
 
 
 if __name__ == "__main__":

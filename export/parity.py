@@ -9,7 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.graph import INPUT_NAME, ServingGraph
+from cnnserve.spec import INPUT_NAME
+from export.graph import ServingGraph
 
 ATOL, RTOL = 1e-4, 1e-3   # |ort - torch| <= ATOL + RTOL * |torch|, elementwise
 

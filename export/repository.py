@@ -19,14 +19,20 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-MODEL_FILE, METADATA_FILE, CONFIG_FILE, LABELS_FILE = "model.onnx", "metadata.json", "config.pbtxt", "labels.txt"
-DEFAULT_MAX_BATCH_SIZE = 64
-DEFAULT_MAX_QUEUE_DELAY_US = 2000
+from cnnserve.spec import (
+    CONFIG_FILE,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_DELAY_US,
+    INPUT_NAME,
+    LABELS_FILE,
+    METADATA_FILE,
+    MODEL_FILE,
+    next_version,
+)
 
+__all__ = ["CONFIG_FILE", "LABELS_FILE", "METADATA_FILE", "MODEL_FILE", "model_config", "next_version",
+           "staged_version", "write_model_files"]
 
-def next_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
 
 
 @contextmanager
@@ -35,6 +41,7 @@ def staged_version(model_dir: Path, version: int):
     final = model_dir / str(version)
     if final.exists():
         raise FileExistsError(f"{final} already exists; pass another --version or remove it")
+    created = [d for d in (model_dir, *model_dir.parents) if not d.exists()]   # what a failure must remove
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
     try:
@@ -43,12 +50,15 @@ def staged_version(model_dir: Path, version: int):
         staging.rename(final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        for directory in created:           # deepest first; only when the export left nothing in it
+            if directory.exists() and not any(directory.iterdir()):
+                directory.rmdir()
 
 
 def model_config(name: str, input_dims: list[int], outputs: dict[str, list[int]]) -> mc.ModelConfig:
     """Triton's ModelConfig: dims exclude the batch dimension, which `max_batch_size` makes dynamic."""
     config = mc.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=DEFAULT_MAX_BATCH_SIZE)
-    config.input.add(name="image", data_type=mc.TYPE_UINT8, dims=input_dims)
+    config.input.add(name=INPUT_NAME, data_type=mc.TYPE_UINT8, dims=input_dims)
     for index, (output, dims) in enumerate(outputs.items()):
         # The first output is the logits; Triton's classification extension reads its labels file.
         config.output.add(name=output, data_type=mc.TYPE_FP32, dims=dims,

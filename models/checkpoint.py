@@ -5,12 +5,12 @@ loads with `weights_only=True` and never runs pickled code.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from cnnserve.spec import sha256_file
 from models.recipes import TrainConfig
 from models.registry import TapNet, create_model
 
@@ -22,7 +22,8 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(path: Path, model: TapNet, config: TrainConfig, metrics: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save({"config": asdict(config), "metrics": metrics, "state_dict": state}, path)
+    torch.save({"config": asdict(config), "preprocessing": asdict(config.preprocessing), "metrics": metrics,
+                "state_dict": state}, path)
 
 
 def load_checkpoint(path: str | Path) -> tuple[TapNet, dict]:
@@ -36,7 +37,7 @@ def load_checkpoint(path: str | Path) -> tuple[TapNet, dict]:
         model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, KeyError, ValueError, OSError) as error:
         raise CheckpointError(f"{path} is not a usable cnnserve checkpoint: {error}") from None
-    checkpoint["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    checkpoint["sha256"] = sha256_file(path)
     checkpoint["path"] = str(path)
     return model.eval(), checkpoint
 

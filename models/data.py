@@ -1,7 +1,9 @@
 """Fashion-MNIST: the four IDX files, read whole into uint8 arrays, and the one preprocessing function.
 
 The directory comes from the caller (a `--data-dir` flag), else `FASHION_MNIST_DIR`, else
-`data/fashion-mnist`. Missing files are downloaded from the official mirror and checked against
+`data/fashion-mnist` when it holds the files, else the workspace's shared copy
+(`../shared/datasets/fashion-mnist`) when it does, else `data/fashion-mnist`. The tests and every
+command-line tool resolve it the same way. Missing files are downloaded from the official mirror and checked against
 the official MD5 sums; files that are present are only checked for structure, because local
 copies may be re-packed (see the shared dataset's README).
 """
@@ -20,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-IMAGE_SIDE = 28
+from cnnserve.spec import CLASSES, IMAGE_SIDE
+
+__all__ = ["CLASSES", "IMAGE_SIDE", "TRAIN_MEAN", "TRAIN_STD", "DataError", "FashionMNIST", "batches",
+           "load_fashion_mnist", "load_split", "read_idx", "resolve_data_dir", "to_model_input"]
+
 # Pixel statistics of the training split on [0, 1]; the modern recipe normalises with them.
 TRAIN_MEAN, TRAIN_STD = 0.2861, 0.3528
 
@@ -48,8 +52,23 @@ class FashionMNIST:
     test_labels: np.ndarray   # uint8 [10000]
 
 
+# Both relative to the working directory, the project root when run as documented.
+LOCAL_DATA_DIR = Path("data/fashion-mnist")
+SHARED_DATA_DIR = Path("../shared/datasets/fashion-mnist")
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    return Path(data_dir or os.environ.get("FASHION_MNIST_DIR") or "data/fashion-mnist")
+    explicit = data_dir or os.environ.get("FASHION_MNIST_DIR")
+    if explicit:
+        return Path(explicit)
+    for candidate in (LOCAL_DATA_DIR, SHARED_DATA_DIR):
+        if has_split(candidate, "test"):
+            return candidate
+    return LOCAL_DATA_DIR
+
+
+def has_split(directory: Path, split: str) -> bool:
+    return all((directory / name).is_file() for name in SPLITS[split])
 
 
 SPLITS = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -93,6 +112,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def download(name: str, directory: Path) -> None:
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     target, partial = directory / name, directory / (name + ".part")
     try:
@@ -104,6 +124,8 @@ def download(name: str, directory: Path) -> None:
                     bar.update(len(chunk))
     except (urllib.error.URLError, OSError) as error:
         partial.unlink(missing_ok=True)
+        if created and not any(directory.iterdir()):
+            directory.rmdir()                      # leave nothing behind for a failed download
         raise DataError(
             f"cannot download {MIRROR + name} ({error}). Put the four Fashion-MNIST files "
             f"({', '.join(OFFICIAL_MD5)}) into {directory.resolve()}, or pass --data-dir / set FASHION_MNIST_DIR"

@@ -8,8 +8,8 @@ without hooks.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ class FeatureTap:
 class TapNet(nn.Module):
     """Named stages (each output is a feature tap) followed by a classifier."""
 
-    def __init__(self, stages: "OrderedDict[str, nn.Module]", classifier: nn.Module, *,
+    def __init__(self, stages: OrderedDict[str, nn.Module], classifier: nn.Module, *,
                  input_side: int, feature_info: list[FeatureTap]):
         super().__init__()
         self.stages = nn.Sequential(stages)
@@ -67,14 +67,25 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     return add
 
 
-def list_models() -> list[str]:
-    """Registered names, in registration order (the book's order)."""
+def list_models(*, trained: bool = False) -> list[str]:
+    """Registered names, in registration order (the book's order); `trained`: only those with shipped weights."""
+    if trained:
+        from models.pretrained import list_weights
+        return [name for name in list_weights() if name in _BUILDERS]
     return list(_BUILDERS)
 
 
-def create_model(name: str, **kwargs) -> TapNet:
+def create_model(name: str, *, weights: str | None = None, **kwargs) -> TapNet:
+    """A new model; `weights="fashion-mnist"` loads the shipped trained weights (sha256-checked), in eval mode."""
     try:
         builder = _BUILDERS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(_BUILDERS)}") from None
-    return builder(**kwargs)
+    model = builder(**kwargs)
+    if weights is not None:
+        from models.pretrained import WEIGHTS_NAME, get_weights, load_state_dict
+        if weights != WEIGHTS_NAME:
+            raise ValueError(f"unknown weights {weights!r} for {name}; the shipped ones are {WEIGHTS_NAME!r}")
+        model.load_state_dict(load_state_dict(get_weights(name)))
+        model.eval()
+    return model

@@ -33,6 +33,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_name(device: torch.device) -> str:
+    """What trained it, for the weights registry: 'cuda (NVIDIA H200)' or 'cpu (2 threads)'."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'' if threads == 1 else 's'})"
+
+
 def xavier_init(module: nn.Module) -> None:
     if isinstance(module, (nn.Linear, nn.Conv2d)):
         nn.init.xavier_uniform_(module.weight)
@@ -57,15 +65,21 @@ def augment(images: torch.Tensor, config: TrainConfig, generator: torch.Generato
 
 @torch.no_grad()
 def evaluate(model: TapNet, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
-             batch_size: int = 1000) -> float:
-    """Test accuracy of `model` on uint8 images [N, 28, 28] already on the model's device."""
+             batch_size: int = 1000, bf16: bool = False) -> float:
+    """Test accuracy of `model` on uint8 images [N, 28, 28] already on the model's device, at `config.side`."""
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=images.device)
     for x, y in batches(images, labels, batch_size, shuffle=False):
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
-            logits = model(to_model_input(x, config.side, config.mean, config.std))
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            p = config.preprocessing
+            logits = model(to_model_input(x, p.side, p.mean, p.std))
         correct += (logits.argmax(1) == y).sum()
     return correct.item() / len(images)
+
+
+def epoch_side(config: TrainConfig, epoch: int) -> int:
+    """Progressive resizing: the first `low_res_epochs` epochs at `low_res_side`, then `side`."""
+    return config.low_res_side if config.low_res_side and epoch <= config.low_res_epochs else config.side
 
 
 def train(config: TrainConfig, data: FashionMNIST, *, progress: bool = True) -> tuple[TapNet, dict]:
@@ -77,7 +91,10 @@ def train(config: TrainConfig, data: FashionMNIST, *, progress: bool = True) -> 
     if config.init == "xavier":
         model.apply(xavier_init)
     cuda = device.type == "cuda"
-    model = model.to(device, memory_format=torch.channels_last if cuda else torch.contiguous_format)
+    torch.backends.cudnn.benchmark = cuda
+    bf16 = cuda or config.cpu_bf16
+    memory_format = torch.channels_last if cuda or config.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
 
     train_x, train_y = (torch.from_numpy(a).to(device) for a in (data.train_images, data.train_labels))
     test_x, test_y = (torch.from_numpy(a).to(device) for a in (data.test_images, data.test_labels))
@@ -95,6 +112,7 @@ def train(config: TrainConfig, data: FashionMNIST, *, progress: bool = True) -> 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     history = []
+    wall_start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -103,11 +121,11 @@ def train(config: TrainConfig, data: FashionMNIST, *, progress: bool = True) -> 
         bar = tqdm(batches(train_x, train_y, config.batch_size, shuffle=True, generator=generator),
                    total=steps_per_epoch, desc=f"{config.arch} epoch {epoch}/{config.epochs}",
                    leave=False, disable=not progress)
+        side = epoch_side(config, epoch)
         for x, y in bar:
-            x = to_model_input(augment(x, config, generator), config.side, config.mean, config.std)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            x = to_model_input(augment(x, config, generator), side, config.mean, config.std)
+            x = x.contiguous(memory_format=memory_format)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
             loss = loss_fn(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -119,17 +137,22 @@ def train(config: TrainConfig, data: FashionMNIST, *, progress: bool = True) -> 
         seconds = time.perf_counter() - start
         record = {"epoch": epoch, "loss": loss_sum.item() / len(train_x),
                   "train_acc": correct.item() / len(train_x),
-                  "test_acc": evaluate(model, test_x, test_y, config),
-                  "seconds": seconds, "images_per_s": len(train_x) / seconds}
+                  # low-resolution epochs are not evaluated: the test set is scored at the final side
+                  "test_acc": evaluate(model, test_x, test_y, config, bf16=bf16) if side == config.side else None,
+                  "side": side, "seconds": seconds, "images_per_s": len(train_x) / seconds}
         history.append(record)
         print(f"{config.arch} epoch {epoch:2d}: loss {record['loss']:.4f}  train acc {record['train_acc']:.4f}  "
-              f"test acc {record['test_acc']:.4f}  {record['images_per_s']:,.0f} img/s  ({seconds:.1f} s)",
+              f"test acc {record['test_acc'] or float('nan'):.4f}  side {side}  "
+              f"{record['images_per_s']:,.0f} img/s  ({seconds:.1f} s)",
               flush=True)
         if not math.isfinite(record["loss"]):
             print(f"{config.arch}: training diverged (loss {record['loss']}); stopping", file=sys.stderr)
             break
-    metrics = {"test_acc": history[-1]["test_acc"], "train_seconds": sum(r["seconds"] for r in history),
-               "device": str(device), "history": history}
+    # The recorded accuracy is fp32, as the exported ONNX model computes it.
+    test_acc = evaluate(model, test_x, test_y, config) if bf16 else history[-1]["test_acc"]
+    metrics = {"test_acc": test_acc, "train_seconds": sum(r["seconds"] for r in history),
+               "wall_seconds": time.perf_counter() - wall_start, "device": device_name(device),
+               "history": history}
     return model.eval(), metrics
 
 
@@ -143,7 +166,8 @@ def plot_curves(history: list[dict], title: str, path: Path) -> None:
     ax_loss.plot(epochs, [r["loss"] for r in history], marker="o")
     ax_loss.set(xlabel="epoch", ylabel="training loss")
     ax_acc.plot(epochs, [r["train_acc"] for r in history], marker="o", label="train")
-    ax_acc.plot(epochs, [r["test_acc"] for r in history], marker="o", label="test")
+    scored = [r for r in history if r["test_acc"] is not None]
+    ax_acc.plot([r["epoch"] for r in scored], [r["test_acc"] for r in scored], marker="o", label="test")
     ax_acc.set(xlabel="epoch", ylabel="accuracy")
     ax_acc.legend()
     fig.suptitle(title)
@@ -167,7 +191,7 @@ def run(config: TrainConfig, data: FashionMNIST, out_dir: Path, progress: bool =
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", required=True, help=f"one of {', '.join(list_models())}, or 'all'")
+    parser.add_argument("--arch", required=True, help=f"one or more (comma-separated) of {', '.join(list_models())}, or 'all'")
     parser.add_argument("--recipe", choices=RECIPES, default="modern")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -179,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     args = parser.parse_args(argv)
 
-    archs = list_models() if args.arch == "all" else [args.arch]
+    archs = list_models() if args.arch == "all" else args.arch.split(",")
     try:
         configs = [make_config(arch, args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                seed=args.seed, device=args.device) for arch in archs]

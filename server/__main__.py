@@ -2,29 +2,32 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 from pathlib import Path
 
-from server.app import ServerConfig, serve
-from server.runtime import GRAPH_OPTIMIZATION, ProviderUnavailable, RuntimeOptions
+from server.app import ServerConfig, configure_logging, serve
 from server.repository import RepositoryError
+from server.runtime import GRAPH_OPTIMIZATION, ProviderUnavailable, RuntimeOptions
+from server.security import SecurityOptions
 from server.workers import run_workers
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
+    """Flags over `ServerConfig` and `RuntimeOptions`, whose fields are the one home of every default."""
+    d, r = ServerConfig, RuntimeOptions
     parser = argparse.ArgumentParser(prog="python -m server", description=__doc__.split(":")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--model-repository", type=Path, default=d.model_repository)
     parser.add_argument("--models", help="comma-separated model names to serve (default: all in the repository)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
-    parser.add_argument("--port", type=int, default=50051)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    parser.add_argument("--host", default=d.host, help="address to listen on, gRPC and metrics (0.0.0.0: all interfaces)")
+    parser.add_argument("--port", type=int, default=d.port)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=r.device,
                         help="auto: CUDA execution provider when available, else CPU; cuda: fail without it")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per model (0: one per core)")
-    parser.add_argument("--graph-optimization", choices=list(GRAPH_OPTIMIZATION), default="all")
-    parser.add_argument("--warmup-runs", type=int, default=3)
-    parser.add_argument("--max-message-mb", type=int, default=64, help="gRPC message size limit, both directions")
-    parser.add_argument("--grpc-threads", type=int, default=64, help="threads handling gRPC calls (each waits while its request is queued)")
+    parser.add_argument("--threads", type=int, default=r.intra_op_threads,
+                        help="ONNX Runtime intra-op threads per model (0: one per core)")
+    parser.add_argument("--graph-optimization", choices=list(GRAPH_OPTIMIZATION), default=r.graph_optimization)
+    parser.add_argument("--warmup-runs", type=int, default=r.warmup_runs)
+    parser.add_argument("--max-message-mb", type=int, default=d.max_message_mb, help="gRPC message size limit, both directions")
+    parser.add_argument("--grpc-threads", type=int, default=d.grpc_threads,
+                        help="threads handling gRPC calls (each waits while its request is queued)")
     parser.add_argument("--max-batch-size", type=int, help="dynamic batching: most images per run "
                         "(default: max_batch_size of the model's config.pbtxt); also the per-request limit")
     parser.add_argument("--max-queue-delay-ms", type=float, help="dynamic batching: longest wait for requests on "
@@ -32,7 +35,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
     parser.add_argument("--max-queue-images", type=int, help="queued images per model before RESOURCE_EXHAUSTED "
                         "(default: 16 × max batch size)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this HTTP port")
-    parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM")
+    parser.add_argument("--http-port", type=int, help="serve KServe v2 over HTTP/REST on this port (gRPC, "
+                        "cnnserve.v1 and KServe v2, is always on --port)")
+    parser.add_argument("--grace", type=float, default=d.grace_s, help="seconds in-flight calls get on SIGTERM")
+    parser.add_argument("--max-concurrent-rpcs", type=int, default=d.max_concurrent_rpcs,
+                        help="calls in progress (streams too) beyond which new ones get RESOURCE_EXHAUSTED")
+    parser.add_argument("--keepalive", type=float, default=d.keepalive_s, help="seconds between keepalive pings")
+    parser.add_argument("--max-connection-idle", type=float, default=d.max_connection_idle_s,
+                        help="seconds after which an idle connection is closed")
+    parser.add_argument("--max-connection-age", type=float, default=d.max_connection_age_s,
+                        help="seconds after which a connection is asked to reconnect (GOAWAY)")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve gRPC and HTTP over TLS")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", type=Path, help="PEM CA: require client certificates it signed (mTLS)")
+    parser.add_argument("--auth-token-file", type=Path, help="require 'authorization: Bearer <token>' (the "
+                        "file's first line) on every call")
+    parser.add_argument("--auth-open", default="health,reflection", help="services callable without the token: "
+                        "health, reflection, both (the default, for probes and grpcurl) or none")
+    parser.add_argument("--strict", action="store_true", help="exit when any model fails to load (default: it "
+                        "stays NOT_SERVING with its reason and the others serve)")
     parser.add_argument("--workers", type=int, default=1, help="server processes sharing the port (SO_REUSEPORT)")
     args = parser.parse_args(argv)
     runtime = RuntimeOptions(device=args.device, intra_op_threads=args.threads,
@@ -40,15 +61,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
     config = ServerConfig(
         model_repository=args.model_repository, models=args.models.split(",") if args.models else None,
         host=args.host, port=args.port, runtime=runtime, max_message_mb=args.max_message_mb,
-        grpc_threads=args.grpc_threads, grace_s=args.grace, metrics_port=args.metrics_port,
+        grpc_threads=args.grpc_threads, grace_s=args.grace, metrics_port=args.metrics_port, http_port=args.http_port,
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
-        max_queue_images=args.max_queue_images, reuse_port=args.workers > 1)
+        max_queue_images=args.max_queue_images, reuse_port=args.workers > 1, strict=args.strict,
+        max_concurrent_rpcs=args.max_concurrent_rpcs, keepalive_s=args.keepalive,
+        max_connection_idle_s=args.max_connection_idle, max_connection_age_s=args.max_connection_age,
+        security=SecurityOptions(tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                                 auth_token_file=args.auth_token_file,
+                                 open_without_token=tuple(n for n in args.auth_open.split(",") if n and n != "none")))
     return config, args.workers
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=os.environ.get("CNNSERVE_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
+    configure_logging()
     config, workers = parse_args(argv)
     try:
         if workers > 1:

@@ -6,26 +6,36 @@ the models load and warm up, and only then do they (and the server as a whole) t
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.channel import DEFAULT_MAX_MESSAGE_MB, message_limits
+from server.dataplane import DataPlane
+from server.health import NOT_SERVING, SERVING, HealthServicer
+from server.health import SERVICE_NAME as HEALTH_SERVICE_NAME
+from server.http import HttpFront
 from server.images import preload_decoders
+from server.kserve import SERVICE_DESCRIPTOR as KSERVE_DESCRIPTOR
+from server.kserve import KServeGrpcService
 from server.metrics import Metrics
 from server.model_store import ModelStore
-from server.proto import classifier_pb2, classifier_pb2_grpc
+from server.proto import classifier_pb2
 from server.runtime import RuntimeOptions, preload_cuda_libraries, providers_for
-from server.service import ClassifierService
+from server.security import SecurityOptions, TokenInterceptor, server_credentials
+from server.security import load as load_security
+from server.service import ClassifierService, add_servicer
 
 log = logging.getLogger("server")
 SERVICE_NAME = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
-SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @dataclass(frozen=True)
@@ -35,29 +45,51 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
-    max_message_mb: int = 64
+    max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
     grpc_threads: int = 64
     grace_s: float = 10.0
     metrics_port: int | None = None
+    http_port: int | None = None            # KServe v2 over HTTP/REST on this port
     max_batch_size: int | None = None       # None: from each model's config.pbtxt
     max_queue_delay_ms: float | None = None
     max_queue_images: int | None = None
     reuse_port: bool = False                # several worker processes share one port
+    strict: bool = False                    # exit when any model fails to load (Triton's default)
+    # Connection hygiene: one client must not hold the server's threads or sockets forever.
+    max_concurrent_rpcs: int = 256          # beyond this, RESOURCE_EXHAUSTED at once (streams count too)
+    keepalive_s: float = 60.0               # ping idle connections this often; drop those that do not answer
+    max_connection_idle_s: float = 300.0
+    max_connection_age_s: float = 3600.0    # then a GOAWAY, so clients reconnect (and rebalance)
+    security: SecurityOptions = field(default_factory=SecurityOptions)   # TLS, mTLS, bearer token
 
 
-def message_limits(max_message_mb: int) -> list[tuple[str, int]]:
-    """gRPC options that set the message size limit both ways; servers and clients use the same."""
-    limit = max_message_mb * 2**20
-    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+def connection_options(config: ServerConfig) -> list[tuple[str, int]]:
+    ms = lambda seconds: int(seconds * 1000)
+    return [("grpc.keepalive_time_ms", ms(config.keepalive_s)), ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.max_connection_idle_ms", ms(config.max_connection_idle_s)),
+            ("grpc.max_connection_age_ms", ms(config.max_connection_age_s)),
+            ("grpc.max_connection_age_grace_ms", ms(config.grace_s)),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
+
+
+def configure_logging() -> None:
+    """One format and level for the server and its worker processes: $CNNSERVE_LOG_LEVEL, default INFO."""
+    logging.basicConfig(level=os.environ.get("CNNSERVE_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
 
 
 def serve(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT; then stop accepting, let in-flight calls finish within the grace period."""
     providers_for(config.runtime.device)   # `--device cuda` without CUDA fails here, before anything starts
+    security = load_security(config.security)
     preload_cuda_libraries()
     metrics = Metrics()
     if config.metrics_port is not None:
-        metrics.serve(config.metrics_port)
+        try:
+            metrics.serve(config.metrics_port, config.host)
+        except OSError as error:
+            raise SystemExit(f"error: --metrics-port {config.metrics_port}: cannot listen on "
+                             f"{config.host}:{config.metrics_port} ({error.strerror or error})") from None
         log.info("metrics on http://%s:%d/metrics", config.host, config.metrics_port)
     store = ModelStore(config.model_repository, config.models, config.runtime, {
         "max_batch_size": config.max_batch_size,
@@ -66,38 +98,68 @@ def serve(config: ServerConfig) -> None:
 
     # gRPC turns SO_REUSEPORT on by default; only --workers wants it, elsewhere a busy port must be an error.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="grpc"),
-                         options=[*message_limits(config.max_message_mb), ("grpc.so_reuseport", int(config.reuse_port))])
-    max_message_bytes = config.max_message_mb * 2**20
-    classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierService(store, metrics, max_message_bytes), server)
-    health_servicer = health.HealthServicer()
+                         options=[*message_limits(config.max_message_mb), ("grpc.so_reuseport", int(config.reuse_port)),
+                                  *connection_options(config)],
+                         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+                         interceptors=[TokenInterceptor(security.token, security.open_without_token)]
+                         if security.token else [])
+    dataplane = DataPlane(store, metrics, max_response_bytes=config.max_message_mb * 2**20)
+    http = None if config.http_port is None else HttpFront(dataplane, config.host, config.http_port,
+                                                           config.max_message_mb * 2**20, security)
+    add_servicer(server, ClassifierService(dataplane), classifier_pb2.DESCRIPTOR.services_by_name["Classifier"])
+    add_servicer(server, KServeGrpcService(dataplane), KSERVE_DESCRIPTOR)
+    health_servicer = HealthServicer(["", SERVICE_NAME, KSERVE_DESCRIPTOR.full_name, *store.models])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    for name in ("", SERVICE_NAME, *store.models):
-        health_servicer.set(name, NOT_SERVING)
+    reflection.enable_server_reflection((SERVICE_NAME, KSERVE_DESCRIPTOR.full_name, HEALTH_SERVICE_NAME,
+                                         reflection.SERVICE_NAME), server)
     address = f"{config.host}:{config.port}"
-    if server.add_insecure_port(address) == 0:
-        raise SystemExit(f"cannot listen on {address}")
+    try:
+        bound = (server.add_secure_port(address, server_credentials(security)) if security.tls
+                 else server.add_insecure_port(address))
+    except RuntimeError:      # grpcio raises "Failed to bind" for a busy port
+        bound = 0
+    if bound == 0:
+        raise SystemExit(f"error: cannot listen on {address}: the port is in use or the address is not "
+                         f"this machine's (choose another with --port / --host)")
     server.start()
     log.info("listening on %s (NOT_SERVING while models load)", address)
+    if http:
+        http.start()
+        log.info("KServe v2 HTTP on http://%s:%d/v2", config.host, config.http_port)
 
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stopping.set())
 
     store.load_all()
+    if config.strict and store.failures():
+        server.stop(0)
+        failures = "; ".join(f"{name}: {reason}" for name, reason in store.failures().items())
+        raise SystemExit(f"error: --strict: {len(store.failures())} model(s) failed to load: {failures}")
     preload_decoders()
     for name, model in store.models.items():
         health_servicer.set(name, SERVING if model.ready else NOT_SERVING)
     ready = [name for name, model in store.models.items() if model.ready]
     overall = SERVING if ready else NOT_SERVING
-    health_servicer.set("", overall)
-    health_servicer.set(SERVICE_NAME, overall)
+    for name in ("", SERVICE_NAME, KSERVE_DESCRIPTOR.full_name):
+        health_servicer.set(name, overall)
     log.info("%s: %d of %d models ready (%s)", "SERVING" if ready else "NOT_SERVING", len(ready),
              len(store.models), ", ".join(ready) or "none")
+    if not store.models:
+        log.warning("the model repository %s holds no model directories: nothing to serve", config.model_repository)
 
     stopping.wait()
-    log.info("stopping: no new calls; in-flight calls get %.0f s", config.grace_s)
+    # Drain at the application level first: NOT_SERVING at once, new requests UNAVAILABLE (which
+    # clients retry), the ones in flight finish; only then does the transport stop, so almost no
+    # call sees the bare CANCELLED that stopping a busy grpcio server gives.
+    log.info("stopping: health NOT_SERVING, new requests UNAVAILABLE; in-flight requests get %.0f s", config.grace_s)
+    started = time.monotonic()
     health_servicer.enter_graceful_shutdown()
-    server.stop(config.grace_s).wait()
+    drained = dataplane.drain(config.grace_s)
+    remaining = max(config.grace_s - (time.monotonic() - started), 0.5)
+    log.info("stopping: %s; closing the transports", "no request in flight" if drained else "grace period over")
+    if http:
+        http.stop(remaining)
+    server.stop(remaining).wait()
     store.close()
     log.info("stopped")

@@ -18,23 +18,27 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
+from cnnserve.spec import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US
 from server.errors import Cancelled, DeadlineExceeded, ResourceExhausted, Unavailable
 from server.runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
 
 
+QUEUED_BATCHES = 16   # by default a model's queue holds this many full batches of images
+
+
 @dataclass(frozen=True)
 class BatchingOptions:
-    max_batch_size: int = 64
-    max_queue_delay_s: float = 0.002
-    max_queue_images: int = 1024
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_queue_delay_s: float = DEFAULT_MAX_QUEUE_DELAY_US / 1e6
+    max_queue_images: int = QUEUED_BATCHES * DEFAULT_MAX_BATCH_SIZE
 
 
 @dataclass
@@ -94,14 +98,14 @@ class Batcher:
             with self._changed:
                 self._end_arrival(arrival)
 
-    def _end_arrival(self, arrival: "_Arrival | None") -> None:
+    def _end_arrival(self, arrival: _Arrival | None) -> None:
         if arrival is not None and arrival.pending:
             arrival.pending = False
             self._arriving -= 1
             self._changed.notify_all()
 
     def infer(self, images: np.ndarray, outputs: list[str], deadline: float | None = None,
-              is_active: Callable[[], bool] = lambda: True, arrival: "_Arrival | None" = None) -> BatchResult:
+              is_active: Callable[[], bool] = lambda: True, arrival: _Arrival | None = None) -> BatchResult:
         """Run `images` (uint8 [N, 1, 28, 28]) for the named outputs, batched with concurrent requests."""
         request = _Request(images, outputs, deadline, is_active)
         with self._changed:
@@ -119,9 +123,11 @@ class Batcher:
             self._leading = True
         if not lead:
             request.wake.wait()
-        while not request.finished:          # leading: run batches until this request is done
-            self._run(self._take_batch())
-        self._pass_lead()
+        try:
+            while not request.finished:      # leading: run batches until this request is done
+                self._run(self._take_batch())
+        finally:                             # whatever happened, the next queued request must lead
+            self._pass_lead()
         if request.error:
             raise request.error
         return request.result
@@ -164,23 +170,27 @@ class Batcher:
         return False
 
     def _run(self, batch: list[_Request]) -> None:
+        """Run one batch; any failure (ONNX Runtime's, or a missing output) fails this batch, not the model."""
         if not batch:
             return
-        outputs = [name for name in self.runtime.output_names if any(name in r.outputs for r in batch)]
-        images = batch[0].images if len(batch) == 1 else np.concatenate([r.images for r in batch])
-        start = time.monotonic()
         try:
+            outputs = [name for name in self.runtime.output_names if any(name in r.outputs for r in batch)]
+            images = batch[0].images if len(batch) == 1 else np.concatenate([r.images for r in batch])
+            start = time.monotonic()
             results = self.runtime.run(images, outputs)
-        except Exception as error:  # an ONNX Runtime failure fails this batch, not the model
-            log.exception("%s: ONNX Runtime failed on a batch of %d images", self.name, len(images))
+            compute_s = time.monotonic() - start
+            self.on_batch(len(images), compute_s)
+            finished, offset = [], 0
+            for request in batch:
+                rows = slice(offset, offset + len(request.images))
+                offset = rows.stop
+                finished.append(BatchResult({name: results[name][rows] for name in request.outputs},
+                                            queue_s=start - request.enqueued, compute_s=compute_s,
+                                            batch_size=len(images)))
+        except Exception as error:
+            log.exception("%s: a batch of %d requests failed", self.name, len(batch))
             for request in batch:
                 request.finish(error=error)
             return
-        compute_s = time.monotonic() - start
-        self.on_batch(len(images), compute_s)
-        offset = 0
-        for request in batch:
-            rows = slice(offset, offset + len(request.images))
-            offset = rows.stop
-            request.finish(BatchResult({name: results[name][rows] for name in request.outputs},
-                                       queue_s=start - request.enqueued, compute_s=compute_s, batch_size=len(images)))
+        for request, result in zip(batch, finished):
+            request.finish(result)

@@ -1,12 +1,14 @@
 """Command-line client for a cnnserve server.
 
-    python -m server.client classify --model lenet_bn examples/*.png [--top-k 3] [--features all --save-features out/]
+    python -m server.client classify --model lenet_bn examples/*.png [--top-k 3] [--version N] [--json]
+        [--features all] [--save-features DIR (PNG grids)] [--save-raw DIR (.npy arrays)]
     python -m server.client models
     python -m server.client health
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -15,17 +17,22 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.app import message_limits
+from server.channel import DEFAULT_MAX_MESSAGE_MB, add_security_flags, connect, security_from
 from server.proto import classifier_pb2 as pb
 from server.proto import classifier_pb2_grpc
 
+__all__ = ["connect", "encoded_image", "raw_image", "feature_array", "main"]
 
-def connect(target: str, max_message_mb: int = 64) -> grpc.Channel:
-    """A channel with the same explicit message limits as the server."""
-    return grpc.insecure_channel(target, options=message_limits(max_message_mb))
+
+class UsageError(Exception):
+    """A mistake on the command line: printed as one line, exit status 2."""
 
 
 def encoded_image(path: Path) -> pb.Image:
+    if not path.exists():
+        raise UsageError(f"image {path}: no such file")
+    if not path.is_file():
+        raise UsageError(f"image {path}: not a file (a directory? pass the image files, e.g. {path}/*.png)")
     return pb.Image(encoded=path.read_bytes())
 
 
@@ -71,31 +78,61 @@ def save_feature_grid(values: np.ndarray, name: str, title: str, path: Path) -> 
 
 def classify(args) -> int:
     features = [] if not args.features else (["all"] if args.features == "all" else args.features.split(","))
-    request = pb.ClassifyRequest(model=args.model, top_k=args.top_k, features=features,
+    request = pb.ClassifyRequest(model=args.model, version=args.version, top_k=args.top_k, features=features,
                                  images=[encoded_image(Path(p)) for p in args.images],
                                  feature_encoding=pb.FEATURE_ENCODING_FLOAT16 if args.float16 else pb.FEATURE_ENCODING_FLOAT32)
-    with connect(args.target, args.max_message_mb) as channel:
-        response = classifier_pb2_grpc.ClassifierStub(channel).Classify(request, timeout=args.timeout)
-    print(f"model {response.model} v{response.version}  (server: decode {response.timings.decode_ms:.2f} ms, "
-          f"queue {response.timings.queue_ms:.2f} ms, compute {response.timings.compute_ms:.2f} ms, "
-          f"batch {response.timings.batch_size})")
-    print(f"{'image':<32} {'rank':>4} {'class':>5}  {'label':<12} {'probability':>11} {'logit':>8}")
+    security = security_from(args)
+    with connect(args.target, args.max_message_mb, security) as channel:
+        stub = classifier_pb2_grpc.ClassifierStub(channel)
+        response = stub.Classify(request, timeout=args.timeout, metadata=security.metadata())
+        info = stub.GetModel(pb.GetModelRequest(name=response.model), timeout=args.timeout, metadata=security.metadata())
+    if args.json:
+        print(json.dumps(classify_json(args.images, response, info), indent=2))
+    else:
+        print_predictions(args.images, response, info)
     for path, result in zip(args.images, response.results):
-        for rank, p in enumerate(result.predictions, 1):
-            print(f"{path if rank == 1 else '':<32} {rank:>4} {p.class_index:>5}  {p.label:<12} {p.probability:>11.4f} {p.logit:>8.3f}")
-        if args.save_features:
-            out = Path(args.save_features)
-            out.mkdir(parents=True, exist_ok=True)
-            for feature in result.features:
-                target = out / f"{Path(path).stem}_{feature.name}.png"
+        for feature in result.features:
+            if args.save_raw:
+                target = Path(args.save_raw) / f"{Path(path).stem}_{feature.name}.npy"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                np.save(target, feature_array(feature))
+                print(f"  feature map {feature.name} {list(feature.shape)} -> {target}", file=sys.stderr)
+            if args.save_features:
+                target = Path(args.save_features) / f"{Path(path).stem}_{feature.name}.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
                 save_feature_grid(feature_array(feature), feature.name, f"{response.model} on {Path(path).name}", target)
-                print(f"  feature map {feature.name} {list(feature.shape)} -> {target}")
+                print(f"  feature map {feature.name} {list(feature.shape)} -> {target}", file=sys.stderr)
     return 0
 
 
+def classify_json(paths: list[str], response: pb.ClassifyResponse, info: pb.ModelInfo) -> dict:
+    return {"model": response.model, "version": response.version, "trained": info.trained,
+            "timings": {"decode_ms": response.timings.decode_ms, "queue_ms": response.timings.queue_ms,
+                        "compute_ms": response.timings.compute_ms, "batch_size": response.timings.batch_size},
+            "results": [{"image": path, "predictions": [
+                {"class_index": p.class_index, "label": p.label, "probability": p.probability, "logit": p.logit}
+                for p in result.predictions],
+                "features": [{"name": f.name, "shape": list(f.shape), "dtype": f.dtype} for f in result.features]}
+                for path, result in zip(paths, response.results)]}
+
+
+def print_predictions(paths: list[str], response: pb.ClassifyResponse, info: pb.ModelInfo) -> None:
+    untrained = "  UNTRAINED (random weights: these answers are chance)" if not info.trained else ""
+    print(f"model {response.model} v{response.version}{untrained}  (server: decode {response.timings.decode_ms:.2f} ms, "
+          f"queue {response.timings.queue_ms:.2f} ms, compute {response.timings.compute_ms:.2f} ms, "
+          f"batch {response.timings.batch_size})")
+    print(f"{'image':<32} {'rank':>4} {'class':>5}  {'label':<12} {'probability':>11} {'logit':>8}")
+    for path, result in zip(paths, response.results):
+        for rank, p in enumerate(result.predictions, 1):
+            print(f"{path if rank == 1 else '':<32} {rank:>4} {p.class_index:>5}  {p.label:<12} "
+                  f"{p.probability:>11.4f} {p.logit:>8.3f}")
+
+
 def models(args) -> int:
-    with connect(args.target, args.max_message_mb) as channel:
-        response = classifier_pb2_grpc.ClassifierStub(channel).ListModels(pb.ListModelsRequest(), timeout=args.timeout)
+    security = security_from(args)
+    with connect(args.target, args.max_message_mb, security) as channel:
+        response = classifier_pb2_grpc.ClassifierStub(channel).ListModels(pb.ListModelsRequest(), timeout=args.timeout,
+                                                                          metadata=security.metadata())
     for m in response.models:
         if not m.ready:
             print(f"{m.name}: NOT SERVING ({m.reason})")
@@ -108,9 +145,17 @@ def models(args) -> int:
 
 
 def health(args) -> int:
-    with connect(args.target) as channel:
+    security = security_from(args)
+    with connect(args.target, security=security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        status = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout).status
+        try:
+            status = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout,
+                                metadata=security.metadata()).status
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:   # grpcio-health-checking sends no details
+                raise UsageError(f"health: the server knows no service {args.service!r}; ask for '' (the server) "
+                                 f"or a model name (see `models`)") from None
+            raise
     print(f"{args.service or 'server'}: {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}")
     return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
 
@@ -119,15 +164,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server.client", description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="127.0.0.1:50051", help="host:port of the server")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
-    parser.add_argument("--max-message-mb", type=int, default=64)
+    parser.add_argument("--max-message-mb", type=int, default=DEFAULT_MAX_MESSAGE_MB)
+    add_security_flags(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("classify", help="classify image files (PNG/JPEG)")
     p.add_argument("--model", required=True)
+    p.add_argument("--version", type=int, default=0, help="model version (default 0: the one the server loaded)")
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--features", help="feature maps to fetch: name,name or all")
     p.add_argument("--float16", action="store_true", help="fetch feature maps as float16 (half the bytes)")
     p.add_argument("--save-features", metavar="DIR", help="write a PNG grid per feature map here")
+    p.add_argument("--save-raw", metavar="DIR", help="write each feature map as a .npy array here")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON instead of a table")
     p.set_defaults(run=classify)
     commands.add_parser("models", help="list the loaded models").set_defaults(run=models)
     p = commands.add_parser("health", help="health status of the server or one model")
@@ -136,8 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except grpc.RpcError as error:
-        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        details = error.details() or "(no details)"
+        if error.code() == grpc.StatusCode.UNAVAILABLE:
+            details += f" (is a server running at {args.target}?)"
+        print(f"error: {error.code().name}: {details}", file=sys.stderr)
         return 1
 
 

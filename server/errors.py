@@ -1,13 +1,22 @@
-"""Errors a client caused or must know about, each with its gRPC status code.
+"""Errors a client caused or must know about, in protocol-neutral terms.
 
-The runtime core raises these; the gRPC adapter turns them into statuses. Messages name the
-field and the limit, so a client can fix its request without reading server logs.
+The data plane raises these; each protocol adapter maps `status` to its own code (a gRPC
+status, an HTTP status). Messages name the field and the limit, so a client can fix its request
+without reading server logs, and quote client input only through `quote`, never unbounded.
 """
-import grpc
+from __future__ import annotations
+
+QUOTE_LIMIT = 100   # characters of client input a message may echo
+
+
+def quote(text: object, limit: int = QUOTE_LIMIT) -> str:
+    """repr() of client input, cut to `limit` characters (a 1 MB model name must not come back)."""
+    text = str(text)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text):,} characters)"
 
 
 class ServiceError(Exception):
-    code = grpc.StatusCode.INTERNAL
+    status = "INTERNAL"       # the gRPC status name; adapters map it (HTTP: see server/http.py)
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -15,24 +24,24 @@ class ServiceError(Exception):
 
 
 class InvalidArgument(ServiceError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    status = "INVALID_ARGUMENT"
 
 
 class NotFound(ServiceError):
-    code = grpc.StatusCode.NOT_FOUND
+    status = "NOT_FOUND"
 
 
 class ResourceExhausted(ServiceError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = "RESOURCE_EXHAUSTED"
 
 
 class Unavailable(ServiceError):
-    code = grpc.StatusCode.UNAVAILABLE
+    status = "UNAVAILABLE"
 
 
 class DeadlineExceeded(ServiceError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    status = "DEADLINE_EXCEEDED"
 
 
 class Cancelled(ServiceError):
-    code = grpc.StatusCode.CANCELLED
+    status = "CANCELLED"

@@ -17,11 +17,31 @@ import io
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cnnserve.spec import IMAGE_SIDE
 from server.errors import InvalidArgument
 
-SIDE = 28
-MAX_ENCODED_PIXELS = 40_000_000   # refuse decompression bombs before decoding them
-BACKGROUND_THRESHOLD = 24          # grey levels above the background that count as object
+# Untrusted input: only PNG and JPEG are opened (Pillow knows dozens of formats, some with buggy
+# or external decoders: EPS runs Ghostscript), and sizes are checked from the header, before any
+# pixel is decoded: a 154 KB PNG can claim 6300×6300 and cost seconds and gigabytes to decode.
+ALLOWED_FORMATS = ("PNG", "JPEG")
+MAX_IMAGE_SIDE = 4096                      # per side of one encoded image
+MAX_REQUEST_PIXELS = 2 * 4096 * 4096       # decoded pixels over all the encoded images of one request
+BACKGROUND_THRESHOLD = 24                  # grey levels above the background that count as object
+
+
+class DecodeBudget:
+    """The pixels one request may still decode; each image's header is charged before it is decoded."""
+
+    def __init__(self, pixels: int = MAX_REQUEST_PIXELS):
+        self.remaining = pixels
+
+    def charge(self, width: int, height: int, field: str) -> None:
+        if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE:
+            raise InvalidArgument(f"{field}: {width}x{height} pixels; each side must be at most {MAX_IMAGE_SIDE}")
+        if width * height > self.remaining:
+            raise InvalidArgument(f"{field}: {width}x{height} pixels would pass the limit of "
+                                  f"{MAX_REQUEST_PIXELS:,} decoded pixels for one request")
+        self.remaining -= width * height
 
 
 def preload_decoders() -> None:
@@ -29,17 +49,21 @@ def preload_decoders() -> None:
     Image.init()
 
 
-def decode_encoded(data: bytes, field: str) -> np.ndarray:
+def decode_encoded(data: bytes, field: str, side: int = IMAGE_SIDE, budget: DecodeBudget | None = None) -> np.ndarray:
+    budget = budget or DecodeBudget()
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.width * image.height > MAX_ENCODED_PIXELS:
-                raise InvalidArgument(f"{field}: {image.width}x{image.height} pixels is over the limit of "
-                                      f"{MAX_ENCODED_PIXELS:,} pixels")
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+            budget.charge(image.width, image.height, field)
             image.load()
             gray = to_grayscale(image)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise InvalidArgument(f"{field}: not a decodable PNG or JPEG image ({error})") from None
-    return gray if gray.shape == (SIDE, SIDE) else fit_like_fashion_mnist(gray)
+    except InvalidArgument:
+        raise
+    except UnidentifiedImageError:
+        raise InvalidArgument(f"{field}: not a PNG or JPEG image ({len(data):,} bytes); only PNG and JPEG "
+                              f"are accepted") from None
+    except Exception as error:  # untrusted bytes: whatever a decoder raises, the input is at fault
+        raise InvalidArgument(f"{field}: a damaged or unsupported PNG/JPEG ({type(error).__name__})") from None
+    return gray if gray.shape == (side, side) else fit_like_fashion_mnist(gray, side)
 
 
 def to_grayscale(image: Image.Image) -> np.ndarray:
@@ -50,7 +74,7 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
-def fit_like_fashion_mnist(gray: np.ndarray) -> np.ndarray:
+def fit_like_fashion_mnist(gray: np.ndarray, side: int = IMAGE_SIDE) -> np.ndarray:
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     h, w = gray.shape
     centre = gray[h // 4: h - h // 4 or None, w // 4: w - w // 4 or None]
@@ -62,23 +86,24 @@ def fit_like_fashion_mnist(gray: np.ndarray) -> np.ndarray:
     if len(rows):
         gray = gray[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
     object_ = Image.fromarray(np.clip(gray.astype(np.int16) - background, 0, 255).astype(np.uint8))
-    scale = SIDE / max(object_.size)
+    scale = side / max(object_.size)
     size = (max(1, round(object_.width * scale)), max(1, round(object_.height * scale)))
     object_ = object_.resize(size, Image.Resampling.LANCZOS)
-    canvas = Image.new("L", (SIDE, SIDE), 0)
-    canvas.paste(object_, ((SIDE - size[0]) // 2, (SIDE - size[1]) // 2))
+    canvas = Image.new("L", (side, side), 0)
+    canvas.paste(object_, ((side - size[0]) // 2, (side - size[1]) // 2))
     return np.asarray(ImageOps.autocontrast(canvas), dtype=np.uint8)
 
 
-def decode_tensor(shape: list[int], dtype: str, data: bytes, field: str) -> np.ndarray:
-    if list(shape) not in ([SIDE, SIDE], [1, SIDE, SIDE]):
-        raise InvalidArgument(f"{field}.shape {list(shape)} must be [28, 28] or [1, 28, 28]")
+def decode_tensor(shape: list[int], dtype: str, data: bytes, field: str, side: int = IMAGE_SIDE) -> np.ndarray:
+    if list(shape) not in ([side, side], [1, side, side]):
+        raise InvalidArgument(f"{field}.shape {list(shape)[:8]} must be [{side}, {side}] or [1, {side}, {side}]")
     if dtype not in ("uint8", "float32"):
         raise InvalidArgument(f"{field}.dtype {dtype!r} must be 'uint8' (0..255) or 'float32' (0..1)")
     itemsize = np.dtype(dtype).itemsize
-    if len(data) != SIDE * SIDE * itemsize:
-        raise InvalidArgument(f"{field}.data has {len(data)} bytes; a {dtype} 28x28 tensor has {SIDE * SIDE * itemsize}")
-    pixels = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(SIDE, SIDE)
+    if len(data) != side * side * itemsize:
+        raise InvalidArgument(f"{field}.data has {len(data)} bytes; a {dtype} {side}x{side} tensor has "
+                              f"{side * side * itemsize}")
+    pixels = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(side, side)
     if dtype == "uint8":
         return pixels
     if not np.isfinite(pixels).all():

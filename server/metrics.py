@@ -1,4 +1,10 @@
-"""Prometheus metrics, served over HTTP on `--metrics-port` (text format at /metrics)."""
+"""Prometheus metrics, served over HTTP on `--metrics-port` (text format at /metrics), and the per-model
+totals that KServe v2 `ModelStatistics` reports."""
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -6,8 +12,24 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+@dataclass
+class ModelStats:
+    """Per-model totals in the shape of Triton's ModelStatistics (KServe v2 `ModelStatistics`)."""
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    queue_ns: int = 0
+    compute_ns: int = 0          # summed over the requests (a batch's compute counts for each)
+    inference_count: int = 0     # images
+    execution_count: int = 0     # ONNX Runtime runs
+    last_inference_ms: int = 0   # wall clock, ms since the epoch
+
+
 class Metrics:
     def __init__(self):
+        self.stats: defaultdict[str, ModelStats] = defaultdict(ModelStats)
+        self._stats_lock = threading.Lock()
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("cnnserve_requests", "Classify requests by model and gRPC status code",
@@ -31,7 +53,28 @@ class Metrics:
         def observe(size: int, seconds: float) -> None:
             self.batch_size.labels(model).observe(size)
             self.compute.labels(model).observe(seconds)
+            with self._stats_lock:
+                self.stats[model].execution_count += 1
         return observe
+
+    def record(self, model: str, status: str, seconds: float, images: int = 0, queue_s: float = 0.0,
+               compute_s: float = 0.0) -> None:
+        """One finished inference request, whatever protocol carried it."""
+        self.requests.labels(model, status).inc()
+        with self._stats_lock:
+            stats = self.stats[model]
+            if status == "OK":
+                self.latency.labels(model).observe(seconds)
+                self.queue.labels(model).observe(queue_s)
+                stats.success_count += 1
+                stats.success_ns += int(seconds * 1e9)
+                stats.queue_ns += int(queue_s * 1e9)
+                stats.compute_ns += int(compute_s * 1e9)
+                stats.inference_count += images
+                stats.last_inference_ms = int(time.time() * 1000)
+            else:
+                stats.fail_count += 1
+                stats.fail_ns += int(seconds * 1e9)
 
 
 def sample_value(exposition: str, name: str, **labels: str) -> float:

@@ -5,7 +5,6 @@ sha256 equals the one recorded at export; anything else is refused with a reason
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-CONFIG_FILE, METADATA_FILE = "config.pbtxt", "metadata.json"
+from cnnserve.spec import CONFIG_FILE, LOGITS, METADATA_FILE, available_versions, sha256_file
 
 
 class RepositoryError(RuntimeError):
@@ -33,6 +32,15 @@ class ModelVersion:
         return self.metadata["labels"]
 
     @property
+    def input_side(self) -> int:
+        """The side of the square uint8 images the graph takes (its input shape is [N, 1, side, side])."""
+        return self.metadata["input"]["shape"][-1]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [name for name in self.output_shapes if name != LOGITS]
+
+    @property
     def output_shapes(self) -> dict[str, list[int]]:
         """Output name -> shape without the batch dimension, in graph order (logits first)."""
         return {o["name"]: o["shape"][1:] for o in self.metadata["outputs"]}
@@ -44,38 +52,83 @@ def list_model_dirs(repository: Path) -> list[Path]:
     return sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def available_versions(model_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
 def load_version(model_dir: Path, version: int | None = None) -> ModelVersion:
     """The given version of the model in `model_dir` (default: the newest), verified."""
-    versions = available_versions(model_dir) if model_dir.is_dir() else []
+    if not model_dir.is_dir():
+        siblings = sorted(p.name for p in model_dir.parent.iterdir() if p.is_dir()) if model_dir.parent.is_dir() else []
+        raise RepositoryError(f"{model_dir} does not exist" + (f"; {model_dir.parent} has {', '.join(siblings)}"
+                                                               if siblings else ""))
+    versions = available_versions(model_dir)
     if not versions:
-        raise RepositoryError(f"{model_dir} holds no numbered version directory")
+        raise RepositoryError(f"{model_dir.name}/ holds no numbered version directory")
     if version is None:
         version = versions[-1]
     elif version not in versions:
         raise RepositoryError(f"{model_dir.name} has no version {version}; it has {versions}")
+    config_name, metadata_name = f"{model_dir.name}/{CONFIG_FILE}", f"{model_dir.name}/{version}/{METADATA_FILE}"
     try:
         config = text_format.Parse((model_dir / CONFIG_FILE).read_text(), mc.ModelConfig())
+    except (OSError, UnicodeDecodeError, text_format.ParseError) as error:
+        raise RepositoryError(f"{config_name}: unreadable ({getattr(error, 'strerror', None) or error})") from None
+    try:
         metadata = json.loads((model_dir / str(version) / METADATA_FILE).read_text())
-        model_path = model_dir / str(version) / metadata["model_file"]
-        recorded = metadata["sha256"]
-    except (OSError, ValueError, KeyError, text_format.ParseError) as error:
-        raise RepositoryError(f"{model_dir.name} v{version}: unreadable config or metadata ({error})") from None
+    except (OSError, ValueError) as error:
+        raise RepositoryError(f"{metadata_name}: unreadable ({getattr(error, 'strerror', None) or error})") from None
+    check_config(config, config_name)
+    check_metadata(metadata, metadata_name)
+    model_path = model_dir / str(version) / metadata["model_file"]
+    recorded = metadata["sha256"]
     if not model_path.is_file():
         raise RepositoryError(f"{model_dir.name} v{version}: {model_path.name} is missing")
-    actual = sha256_of(model_path)
+    actual = sha256_file(model_path)
     if actual != recorded:
         raise RepositoryError(f"{model_dir.name} v{version}: {model_path.name} has sha256 {actual[:12]}…, "
                               f"but its metadata records {recorded[:12]}…; the file was changed or damaged")
     return ModelVersion(model_dir.name, version, model_path, metadata, config)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+MAX_BATCH_SIZE = 4096                    # what an exported graph's dynamic batch dimension allows
+MAX_QUEUE_DELAY_US = 1_000_000
+
+
+def check_config(config: mc.ModelConfig, where: str) -> None:
+    if not 1 <= config.max_batch_size <= MAX_BATCH_SIZE:
+        raise RepositoryError(f"{where}: max_batch_size {config.max_batch_size} must be in 1..{MAX_BATCH_SIZE}")
+    delay = config.dynamic_batching.max_queue_delay_microseconds
+    if not 0 <= delay <= MAX_QUEUE_DELAY_US:
+        raise RepositoryError(f"{where}: dynamic_batching.max_queue_delay_microseconds {delay} must be in "
+                              f"0..{MAX_QUEUE_DELAY_US}")
+
+
+def check_metadata(metadata: object, where: str) -> None:
+    """The metadata.json fields the server reads, with their types and ranges; errors name the field."""
+    def require(ok: bool, field: str, what: str) -> None:
+        if not ok:
+            raise RepositoryError(f"{where}: {field} {what}")
+
+    require(isinstance(metadata, dict), "the file", "must hold a JSON object")
+    for key, kind in {"trained": bool, "labels": list, "input": dict, "outputs": list, "model_file": str,
+                      "sha256": str}.items():
+        require(key in metadata, key, "is missing")
+        require(isinstance(metadata[key], kind), key, f"must be a {'JSON ' + kind.__name__}")
+    labels, spec, outputs = metadata["labels"], metadata["input"], metadata["outputs"]
+    require(len(labels) > 0 and all(isinstance(label, str) for label in labels), "labels", "must be strings")
+    require(isinstance(spec.get("name"), str) and spec.get("dtype") == "uint8", "input",
+            "must have a name and dtype 'uint8'")
+    shape = spec.get("shape")
+    require(isinstance(shape, list) and len(shape) == 4 and all(isinstance(d, int) for d in shape)
+            and shape[1] == 1 and shape[2] == shape[3] > 0, "input.shape", "must be [-1, 1, side, side]")
+    require(len(outputs) > 0 and all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                     and isinstance(o.get("shape"), list) for o in outputs),
+            "outputs", "must be a list of {name, shape}")
+    require(outputs[0]["name"] == LOGITS and outputs[0]["shape"][1:] == [len(labels)], "outputs[0]",
+            f"must be {LOGITS!r} with one value per label")
+    name = metadata["model_file"]
+    require(name not in ("", ".", "..") and Path(name).name == name, "model_file",
+            "must be a file name in the version directory (no path)")
+    require(len(metadata["sha256"]) == 64 and all(c in "0123456789abcdef" for c in metadata["sha256"]), "sha256",
+            "must be 64 hexadecimal digits")
+    test_acc = metadata.get("test_acc")
+    require(test_acc is None or isinstance(test_acc, (int, float)) and 0 <= test_acc <= 1, "test_acc",
+            "must be null or a number in [0, 1]")
+

@@ -65,10 +65,11 @@ class ModelRuntime:
                                             providers=providers_for(options.device))
         self.provider = self.session.get_providers()[0]
         self.input_name = self.session.get_inputs()[0].name
+        self.input_shape = tuple(self.session.get_inputs()[0].shape[1:])   # [1, side, side]; the batch is dynamic
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, images: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
-        """uint8 images [N, 1, 28, 28] -> the named outputs, each [N, ...]."""
+        """uint8 images [N, 1, side, side] -> the named outputs, each [N, ...]."""
         return dict(zip(outputs, self.session.run(outputs, {self.input_name: images})))
 
     def warm_up(self, runs: int, batch_sizes: tuple[int, ...] = (1, 8)) -> float:
@@ -76,5 +77,5 @@ class ModelRuntime:
         start = time.perf_counter()
         for _ in range(runs):
             for n in batch_sizes:
-                self.run(np.zeros((n, 1, 28, 28), dtype=np.uint8), self.output_names)
+                self.run(np.zeros((n, *self.input_shape), dtype=np.uint8), self.output_names)
         return time.perf_counter() - start

@@ -1,7 +1,7 @@
-"""The gRPC adapter: `cnnserve.v1.Classifier` on top of the model store.
+"""The cnnserve.v1 gRPC adapter: `Classifier` messages to and from the data plane.
 
-It converts protobuf to arrays and back, checks requests, and maps `ServiceError`s to status
-codes. Every refused request leaves one log line; clients never see a stack trace.
+It converts protobuf to `InferRequest`s and `InferResult`s back, and maps `ServiceError`s to
+status codes. Every refused request leaves one log line; clients never see a stack trace.
 """
 from __future__ import annotations
 
@@ -11,19 +11,19 @@ import time
 
 import grpc
 import numpy as np
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 
-from server.errors import InvalidArgument, NotFound, ResourceExhausted, ServiceError
-from server.images import decode_encoded, decode_tensor
-from server.metrics import Metrics
-from server.model_store import LOGITS, ModelStore, ServedModel
+from cnnserve.spec import LOGITS
+from server.dataplane import DataPlane, EncodedImage, InferRequest, PixelImage
+from server.errors import InvalidArgument, ServiceError
+from server.model_store import ServedModel
 from server.proto import classifier_pb2 as pb
 from server.proto import classifier_pb2_grpc
 
 log = logging.getLogger(__name__)
 ENCODINGS = {pb.FEATURE_ENCODING_FLOAT32: np.dtype("<f4"), pb.FEATURE_ENCODING_FLOAT16: np.dtype("<f2")}
-PER_IMAGE_OVERHEAD_BYTES = 64     # protobuf framing of one result, beyond its payload
-PER_FEATURE_OVERHEAD_BYTES = 64
-PER_PREDICTION_BYTES = 48
 
 
 def grpc_errors(method):
@@ -34,8 +34,8 @@ def grpc_errors(method):
         try:
             return method(self, request, context)
         except ServiceError as error:
-            log.warning("%s refused (%s): %s", method.__name__, error.code.name, error.message)
-            context.abort(error.code, error.message)
+            log.warning("%s refused (%s): %s", method.__name__, error.status, error.message)
+            context.abort(grpc.StatusCode[error.status], error.message)
         except Exception:  # the RPC boundary: log the trace here, send the client a status
             log.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, "internal server error; the server log has the details")
@@ -43,131 +43,84 @@ def grpc_errors(method):
     return wrapper
 
 
+def add_servicer(server: grpc.Server, servicer, service: ServiceDescriptor) -> None:
+    """Register the unary methods of `servicer`, parsing request bytes here rather than in grpcio: bytes
+    that are not a valid message are the client's mistake (INVALID_ARGUMENT, one log line), where
+    grpcio answers INTERNAL "Exception deserializing request!" and logs a traceback. Streaming
+    methods (KServe's ModelStreamInfer) stay unregistered: UNIMPLEMENTED."""
+    handlers = {}
+    for method in service.methods:
+        if method.client_streaming or method.server_streaming:
+            continue
+        request_class, response_class = GetMessageClass(method.input_type), GetMessageClass(method.output_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            parsing(getattr(servicer, method.name), request_class, f"{service.name}.{method.name}"),
+            response_serializer=response_class.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def parsing(method, request_class, name: str):
+    def handle(raw: bytes, context: grpc.ServicerContext):
+        try:
+            request = request_class.FromString(raw)
+        except DecodeError:
+            message = f"the request ({len(raw):,} bytes) is not a valid {request_class.DESCRIPTOR.full_name} message"
+            log.warning("%s refused (INVALID_ARGUMENT): %s", name, message)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        return method(request, context)
+    return handle
+
+
+def deadline_of(context: grpc.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def image_input(image: pb.Image) -> EncodedImage | PixelImage | None:
+    source = image.WhichOneof("source")
+    if source == "encoded":
+        return EncodedImage(image.encoded)
+    if source == "tensor":
+        return PixelImage(list(image.tensor.shape), image.tensor.dtype, image.tensor.data)
+    return None
+
+
 class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
-    def __init__(self, store: ModelStore, metrics: Metrics, max_message_bytes: int):
-        self.store = store
-        self.metrics = metrics
-        self.max_message_bytes = max_message_bytes
+    def __init__(self, dataplane: DataPlane):
+        self.dataplane = dataplane
 
     @grpc_errors
     def Classify(self, request: pb.ClassifyRequest, context: grpc.ServicerContext) -> pb.ClassifyResponse:
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
-        model_label = request.model if request.model in self.store.models else "<unknown>"
-        self.metrics.in_flight.labels(model_label).inc()
-        try:
-            return self._classify(request, context, start)
-        except ServiceError as error:
-            code = error.code
-            raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            raise
-        finally:
-            self.metrics.in_flight.labels(model_label).dec()
-            self.metrics.requests.labels(model_label, code.name).inc()
-            if code == grpc.StatusCode.OK:
-                self.metrics.latency.labels(model_label).observe(time.perf_counter() - start)
-
-    def _classify(self, request: pb.ClassifyRequest, context: grpc.ServicerContext, start: float) -> pb.ClassifyResponse:
-        model = self.store.get(request.model, request.version)
-        with model.batcher.arriving() as arrival:
-            top_k = check_top_k(request.top_k, len(model.version.labels))
-            features = select_features(model, list(request.features))
-            dtype = ENCODINGS.get(request.feature_encoding)
-            if dtype is None:
-                raise InvalidArgument(f"feature_encoding {request.feature_encoding} is not one of {list(ENCODINGS)}")
-            self._check_response_size(model, len(request.images), features, dtype, top_k)
-            images = decode_images(request.images, model.batcher.options.max_batch_size)
-            decode_s = time.perf_counter() - start
-            remaining = context.time_remaining()
-            deadline = None if remaining is None else time.monotonic() + remaining
-            result = model.batcher.infer(images, [LOGITS, *features], deadline, context.is_active, arrival)
-        self.metrics.queue.labels(model.name).observe(result.queue_s)
-        response = pb.ClassifyResponse(model=model.name, version=model.version.version, timings=pb.Timings(
-            decode_ms=decode_s * 1e3, queue_ms=result.queue_s * 1e3, compute_ms=result.compute_s * 1e3,
+        dtype = ENCODINGS.get(request.feature_encoding)
+        if dtype is None:
+            raise InvalidArgument(f"feature_encoding {request.feature_encoding} is not one of {list(ENCODINGS)}")
+        result = self.dataplane.infer(InferRequest(
+            model=request.model, version=request.version, top_k=request.top_k or 1, features=list(request.features),
+            images=[image_input(image) for image in request.images], feature_itemsize=dtype.itemsize,
+            deadline=deadline_of(context), is_active=context.is_active))
+        response = pb.ClassifyResponse(model=result.model, version=result.version, timings=pb.Timings(
+            decode_ms=result.decode_s * 1e3, queue_ms=result.queue_s * 1e3, compute_ms=result.compute_s * 1e3,
             batch_size=result.batch_size))
         logits = result.outputs[LOGITS]
-        probabilities = softmax(logits)
-        top = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
-        labels = model.version.labels
-        for i in range(len(images)):
+        for i in range(len(logits)):
             item = response.results.add()
-            for c in top[i]:
-                item.predictions.add(class_index=int(c), label=labels[c], probability=float(probabilities[i, c]),
+            for c, p in zip(result.top_indices[i], result.top_probabilities[i]):
+                item.predictions.add(class_index=int(c), label=result.labels[c], probability=float(p),
                                      logit=float(logits[i, c]))
-            for name in features:
+            for name in result.features:
                 values = result.outputs[name][i]
                 item.features.add(name=name, shape=values.shape, dtype=dtype.name,
                                   data=values.astype(dtype, copy=False).tobytes())
         return response
 
-    def _check_response_size(self, model: ServedModel, n_images: int, features: list[str], dtype: np.dtype,
-                             top_k: int) -> None:
-        """Refuse before compute a response that would exceed the message limit, saying by how much."""
-        shapes = model.version.output_shapes
-        per_image = PER_IMAGE_OVERHEAD_BYTES + top_k * PER_PREDICTION_BYTES + sum(
-            int(np.prod(shapes[name])) * dtype.itemsize + PER_FEATURE_OVERHEAD_BYTES for name in features)
-        size = n_images * per_image
-        if size > self.max_message_bytes:
-            fits = max(self.max_message_bytes // per_image, 0)
-            raise ResourceExhausted(
-                f"the response would be about {size / 2**20:.1f} MiB, over the server's message limit of "
-                f"{self.max_message_bytes / 2**20:.0f} MiB; {fits} image(s) with these features fit. Ask for fewer "
-                f"images or feature maps, use feature_encoding FEATURE_ENCODING_FLOAT16, or raise --max-message-mb")
-
     @grpc_errors
     def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[model_info(m) for m in self.store.models.values()])
+        return pb.ListModelsResponse(models=[model_info(m) for m in self.dataplane.store.models.values()])
 
     @grpc_errors
     def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelInfo:
-        model = self.store.models.get(request.name)
-        if model is None:
-            raise NotFound(f"model {request.name!r} is not served; models: {', '.join(self.store.models) or 'none'}")
-        return model_info(model)
-
-
-def check_top_k(top_k: int, classes: int) -> int:
-    top_k = top_k or 1
-    if not 1 <= top_k <= classes:
-        raise InvalidArgument(f"top_k {top_k} is out of range: it must be between 1 and {classes} (the number of classes)")
-    return top_k
-
-
-def select_features(model: ServedModel, requested: list[str]) -> list[str]:
-    available = model.feature_names
-    if requested == ["all"]:
-        return available
-    unknown = [name for name in requested if name not in available]
-    if unknown:
-        raise NotFound(f"model {model.name} has no feature map {', '.join(map(repr, unknown))}; "
-                       f"it has: {', '.join(available) or 'none'} (or ask for 'all')")
-    return [name for name in available if name in requested]
-
-
-def decode_images(images, limit: int) -> np.ndarray:
-    if not images:
-        raise InvalidArgument("images is empty: send at least one image")
-    if len(images) > limit:
-        raise InvalidArgument(f"images has {len(images)} images; the limit for one request is {limit}")
-    pixels = np.empty((len(images), 1, 28, 28), dtype=np.uint8)
-    for i, image in enumerate(images):
-        field = f"images[{i}]"
-        source = image.WhichOneof("source")
-        if source == "encoded":
-            pixels[i, 0] = decode_encoded(image.encoded, f"{field}.encoded")
-        elif source == "tensor":
-            t = image.tensor
-            pixels[i, 0] = decode_tensor(list(t.shape), t.dtype, t.data, f"{field}.tensor")
-        else:
-            raise InvalidArgument(f"{field} has neither encoded bytes nor a tensor")
-    return pixels
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+        return model_info(self.dataplane.described(request.name))
 
 
 def model_info(model: ServedModel) -> pb.ModelInfo:

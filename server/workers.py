@@ -8,13 +8,13 @@ import multiprocessing
 import signal
 from dataclasses import replace
 
-from server.app import ServerConfig, serve
+from server.app import ServerConfig, configure_logging, serve
 
 log = logging.getLogger("server")
 
 
 def _worker(config: ServerConfig) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
+    configure_logging()
     serve(config)
 
 

@@ -1,21 +1,17 @@
-"""Shared fixtures: the real Fashion-MNIST files (FASHION_MNIST_DIR, else the shared copy beside the project)."""
-import os
+"""Shared fixtures: the real Fashion-MNIST files, found as the command-line tools find them."""
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "datasets" / "fashion-mnist"
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """FASHION_MNIST_DIR, else the shared copy beside the project, else the loader's default
-    (which downloads the official files when they are missing)."""
+    """Where every command-line tool looks too: FASHION_MNIST_DIR, else data/fashion-mnist or the
+    shared copy beside the project, whichever holds the files (else the loader downloads them)."""
     from models.data import resolve_data_dir
-    if os.environ.get("FASHION_MNIST_DIR") or not SHARED_DATA.is_dir():
-        return resolve_data_dir().resolve()
-    return SHARED_DATA.resolve()
+    return resolve_data_dir().resolve()
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +42,7 @@ def trained_repository(tmp_path_factory, lenet_bn_checkpoint, data_dir) -> Path:
 def serving_repository(tmp_path_factory, trained_repository, data_dir) -> Path:
     """The trained lenet_bn, an untrained resnet18, and `broken`: a lenet_bn whose model file was altered."""
     import shutil
+
     from export.onnx import export
     repository = tmp_path_factory.mktemp("serving_repository")
     shutil.copytree(trained_repository / "lenet_bn", repository / "lenet_bn")
@@ -59,8 +56,22 @@ def serving_repository(tmp_path_factory, trained_repository, data_dir) -> Path:
 @pytest.fixture(scope="module")
 def server(serving_repository, tmp_path_factory):
     """One real server for a test module, with a 4 MiB message limit so size errors are cheap to provoke."""
-    from server.spawn import SpawnedServer
+    from cnnserve.spawn import SpawnedServer
     process = SpawnedServer(serving_repository, ["--max-message-mb", "4"],
                             log_path=tmp_path_factory.mktemp("logs") / "server.log", with_metrics=True)
     yield process
     assert process.stop() == 0, process.log()
+
+
+@pytest.fixture(scope="session")
+def shipped_repository(tmp_path_factory) -> Path:
+    """A copy of the shipped default repository (each model's version 1, as git holds it), so no test
+    depends on what an earlier command wrote into `model_repository/`."""
+    import shutil
+    copy = tmp_path_factory.mktemp("shipped_repository")
+    for model_dir in sorted((ROOT / "model_repository").iterdir()):
+        if model_dir.is_dir() and (model_dir / "1").is_dir():
+            shutil.copytree(model_dir / "1", copy / model_dir.name / "1")
+            for name in ("config.pbtxt", "labels.txt"):
+                shutil.copy(model_dir / name, copy / model_dir.name / name)
+    return copy

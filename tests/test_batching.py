@@ -6,10 +6,13 @@ import grpc
 import numpy as np
 import pytest
 
+from cnnserve.spawn import SpawnedServer
 from server.client import raw_image
 from server.metrics import sample_value
 from server.proto import classifier_pb2 as pb
-from server.spawn import SpawnedServer
+
+# Real servers under load; the batcher alone is tested fast in test_batcher_unit.py.
+pytestmark = pytest.mark.slow
 
 
 def metric(text: str, name: str, model: str) -> float:

@@ -4,10 +4,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+from cnnserve.spawn import ROOT, SpawnedServer
 from server.loadtest import Level, Workload, run_level
-from server.spawn import ROOT, SpawnedServer
 
 
+@pytest.mark.slow
 def test_closed_loop_cli_with_spawned_server(serving_repository, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "server.loadtest", "--spawn-server", str(serving_repository), "--model", "lenet_bn",
@@ -26,6 +29,7 @@ def test_closed_loop_cli_with_spawned_server(serving_repository, tmp_path):
     assert "concurrency 4" in result.stderr, "a live progress line per level"
 
 
+@pytest.mark.slow
 def test_open_loop_above_capacity_shows_rising_latency(serving_repository, tmp_path):
     """Without batching and with one thread the server's capacity is low; an open loop at three
     times that rate must report latency growing through the run instead of hiding the queue."""

@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from server.spawn import ROOT
+from cnnserve.spawn import ROOT
 
 
 def test_generated_code_is_fresh(tmp_path):

@@ -14,11 +14,11 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from PIL import Image
 
+from cnnserve.spawn import ROOT, SpawnedServer
 from models.data import CLASSES
 from server.client import feature_array, raw_image
 from server.metrics import sample_value
 from server.proto import classifier_pb2 as pb
-from server.spawn import ROOT, SpawnedServer
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -96,7 +96,7 @@ def bad_requests():
         "unknown_version": (req(version=7), grpc.StatusCode.NOT_FOUND, "version 1"),
         "empty_batch": (req(images=[]), grpc.StatusCode.INVALID_ARGUMENT, "images is empty"),
         "undecodable": (req(images=[pb.Image(encoded=b"\x89PNG broken")]), grpc.StatusCode.INVALID_ARGUMENT,
-                        "images[0].encoded: not a decodable"),
+                        "images[0].encoded: not a PNG or JPEG image"),
         "no_source": (req(images=[good, pb.Image()]), grpc.StatusCode.INVALID_ARGUMENT, "images[1] has neither"),
         "wrong_shape": (req(images=[pb.Image(tensor=pb.Tensor(shape=[32, 32], dtype="uint8", data=bytes(1024)))]),
                         grpc.StatusCode.INVALID_ARGUMENT, "images[0].tensor.shape [32, 32]"),
@@ -143,6 +143,7 @@ def test_models_health_and_reflection(server):
     assert server.health_status("lenet_bn") == SERVING and server.health_status("broken") == NOT_SERVING
     services = ProtoReflectionDescriptorDatabase(server.channel).get_services()
     assert "cnnserve.v1.Classifier" in services and "grpc.health.v1.Health" in services
+    assert "inference.GRPCInferenceService" in services
 
 
 def run_client(server, *args):
@@ -170,6 +171,7 @@ def test_client_cli(server, fashion, in_process, tmp_path):
     assert failed.returncode == 1 and "NOT_FOUND" in failed.stderr and "Traceback" not in failed.stderr
 
 
+@pytest.mark.slow
 def test_health_turns_serving_only_after_warm_up(serving_repository, tmp_path):
     process = SpawnedServer(serving_repository, ["--models", "resnet18", "--warmup-runs", "100"],
                             log_path=tmp_path / "server.log", wait=False)
@@ -193,6 +195,7 @@ def in_flight(process, model):
     return sample_value(process.metrics(), "cnnserve_in_flight_requests", model=model)
 
 
+@pytest.mark.slow
 def test_sigterm_lets_the_request_in_flight_finish(serving_repository, tmp_path):
     process = SpawnedServer(serving_repository, ["--models", "resnet18", "--grace", "30"],
                             log_path=tmp_path / "server.log", with_metrics=True)
@@ -229,6 +232,7 @@ def test_device_cuda_fails_clearly_and_auto_falls_back(serving_repository, serve
     assert {m.provider for m in models if m.ready} == {"CPUExecutionProvider"}
 
 
+@pytest.mark.slow
 def test_workers_share_the_port_and_stop_together(serving_repository, tmp_path):
     process = SpawnedServer(serving_repository, ["--models", "lenet_bn", "--workers", "2"], log_path=tmp_path / "s.log")
     try:
@@ -248,3 +252,74 @@ def test_server_modules_do_not_import_torch():
     code = ("import sys, server.__main__, server.app, server.client, server.service, server.batcher; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+@pytest.mark.parametrize("method", ["/cnnserve.v1.Classifier/Classify", "/inference.GRPCInferenceService/ModelInfer"])
+def test_bytes_that_are_no_message_are_invalid_argument_with_one_log_line(server, method):
+    call = server.channel.unary_unary(method)          # no serializers: the bytes go out as they are
+    with pytest.raises(grpc.RpcError) as error:
+        call(b"\xff\xff\xff\xff not a protobuf", timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "is not a valid" in error.value.details()
+    log = server.log()
+    assert "Exception deserializing" not in log and "Traceback" not in log
+    assert server.health_status() == 1, "still serving"
+
+
+@pytest.mark.slow
+def test_sigterm_under_load_answers_new_calls_unavailable_not_cancelled(serving_repository, tmp_path):
+    """50 callers in a loop; SIGTERM: the calls in flight finish, new ones get UNAVAILABLE (retried by
+    clients); at most a handful racing the final transport stop may see CANCELLED."""
+    process = SpawnedServer(serving_repository, ["--models", "lenet_bn", "--grace", "10"],
+                            log_path=tmp_path / "server.log")
+    request = pb.ClassifyRequest(model="lenet_bn", images=[raw_image(np.zeros((28, 28), np.uint8))] * 8)
+    codes, stop = [], threading.Event()
+
+    def caller():
+        while not stop.is_set():
+            try:
+                process.stub.Classify(request, timeout=10)
+                codes.append("OK")
+            except grpc.RpcError as error:
+                codes.append(error.code().name)
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    return
+    callers = [threading.Thread(target=caller) for _ in range(50)]
+    for thread in callers:
+        thread.start()
+    time.sleep(1.5)
+    process.process.send_signal(signal.SIGTERM)
+    assert process.process.wait(30) == 0
+    stop.set()
+    for thread in callers:
+        thread.join(30)
+    assert codes.count("OK") > 50 and codes.count("CANCELLED") <= 5, {c: codes.count(c) for c in set(codes)}
+    assert "shutting down" in process.log() or codes.count("UNAVAILABLE") > 0
+    process.stop()
+
+
+@pytest.mark.slow
+def test_the_concurrent_call_cap_refuses_at_once(serving_repository, tmp_path):
+    """Idle streams count against --max-concurrent-rpcs; beyond it a call is refused at once, not queued."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+    process = SpawnedServer(serving_repository, ["--models", "lenet_bn", "--max-concurrent-rpcs", "3"],
+                            log_path=tmp_path / "server.log")
+    try:
+        stub = reflection_pb2_grpc.ServerReflectionStub(process.channel)
+        hold = threading.Event()
+
+        def idle_requests():
+            yield reflection_pb2.ServerReflectionRequest(list_services="")
+            hold.wait(30)
+        streams = [stub.ServerReflectionInfo(idle_requests()) for _ in range(3)]
+        for stream in streams:
+            next(stream)                                    # each stream is open and answered once
+        request = pb.ClassifyRequest(model="lenet_bn", images=[raw_image(np.zeros((28, 28), np.uint8))])
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as error:
+            process.stub.Classify(request, timeout=10)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() - started < 2
+        hold.set()
+        for stream in streams:
+            stream.cancel()
+    finally:
+        process.stop()

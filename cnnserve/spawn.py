@@ -1,6 +1,7 @@
 """Start `python -m server` as a child process on a free loopback port and wait until it serves.
 
-Used by `server.loadtest --spawn-server`, the benchmarks and the tests.
+A harness, not part of the runtime (`server/`): used by `server.loadtest --spawn-server`, the
+benchmarks and the tests.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.client import connect
+from server.channel import ClientSecurity, connect
 from server.proto import classifier_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,18 +31,23 @@ def free_port() -> int:
 
 class SpawnedServer:
     def __init__(self, repository: Path | None, args: list[str] = (), log_path: Path | None = None,
-                 with_metrics: bool = False, wait: bool = True, timeout: float = 120):
+                 with_metrics: bool = False, wait: bool = True, timeout: float = 120, with_http: bool = False,
+                 security: ClientSecurity | None = None):
+        """`security`: how the harness itself connects (a TLS server needs its CA here)."""
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_port = free_port() if with_metrics else None
+        self.http_port = free_port() if with_http else None
+        self.http_target = f"127.0.0.1:{self.http_port}" if with_http else None
         args = [*(["--model-repository", str(repository)] if repository else []),   # None: the server's default
-                *args, *(["--metrics-port", str(self.metrics_port)] if with_metrics else [])]
+                *args, *(["--metrics-port", str(self.metrics_port)] if with_metrics else []),
+                *(["--http-port", str(self.http_port)] if with_http else [])]
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="cnnserve-", suffix=".log")[1])
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server", "--port", str(self.port), *args],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.channel = connect(self.target)
+        self.channel = connect(self.target, security=security)
         self.stub = classifier_pb2_grpc.ClassifierStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         if wait:
@@ -54,7 +60,7 @@ class SpawnedServer:
         except grpc.RpcError:
             return None
 
-    def wait_serving(self, timeout: float = 120) -> "SpawnedServer":
+    def wait_serving(self, timeout: float = 120) -> SpawnedServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

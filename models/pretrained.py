@@ -1,0 +1,164 @@
+"""Shipped trained weights: safetensors files under `models/weights/` and their registry.
+
+    python -m models.pretrained publish CHECKPOINT [--dtype float16] [--weights-dir models/weights]
+    python -m models.pretrained list | reindex
+
+Like torchvision's `Weights` enums: each entry records what produced the weights (recipe and its
+settings, epochs, device, training wall time), how good they are (test accuracy in fp32 at
+training, and again after the round trip through the stored dtype), the parameter count and the
+file's sha256, which is checked on every load. `index.json` is derived from the files themselves
+(their safetensors metadata and hash), so it cannot disagree with them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from cnnserve.spec import sha256_file
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+INDEX_FILE = "index.json"
+WEIGHTS_NAME = "fashion-mnist"          # the one set of weights per architecture: create_model(arch, weights=...)
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class WeightsError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Weights:
+    arch: str
+    file: str                 # relative to the weights directory
+    sha256: str
+    dtype: str                # storage dtype of the floating-point tensors; loaded as float32
+    recipe: str
+    config: dict              # the full TrainConfig the checkpoint carried
+    epochs: int
+    test_acc: float           # fp32, at the end of training
+    test_acc_stored: float    # after the round trip through `dtype` (fp32 compute)
+    train_seconds: float
+    wall_seconds: float
+    device: str
+    params: int
+    size_bytes: int
+
+
+def read_index(weights_dir: Path = WEIGHTS_DIR) -> dict[str, Weights]:
+    path = weights_dir / INDEX_FILE
+    if not path.is_file():
+        return {}
+    return {entry["arch"]: Weights(**entry) for entry in json.loads(path.read_text())}
+
+
+def list_weights(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
+    """Architectures with shipped trained weights."""
+    return list(read_index(weights_dir))
+
+
+def get_weights(arch: str, weights_dir: Path = WEIGHTS_DIR) -> Weights:
+    index = read_index(weights_dir)
+    if arch not in index:
+        shipped = ", ".join(index) or "none"
+        raise WeightsError(f"no shipped {WEIGHTS_NAME} weights for {arch!r} (shipped: {shipped}); train them "
+                           f"with `python -m models.train --arch {arch}`")
+    return index[arch]
+
+
+def load_state_dict(weights: Weights, weights_dir: Path = WEIGHTS_DIR) -> dict[str, torch.Tensor]:
+    """The state dict in float32, after checking the file's sha256 against the registry."""
+    path = weights_dir / weights.file
+    if not path.is_file():
+        raise WeightsError(f"{path} is missing (registry lists it for {weights.arch})")
+    actual = sha256_file(path)
+    if actual != weights.sha256:
+        raise WeightsError(f"{path} has sha256 {actual[:12]}…, the registry records {weights.sha256[:12]}…")
+    return {name: t.float() if t.is_floating_point() else t for name, t in load_file(path).items()}
+
+
+def publish(checkpoint_path: Path, dtype: str = "float16", weights_dir: Path = WEIGHTS_DIR,
+            data_dir: str | None = None) -> Weights:
+    """Store a checkpoint's weights as `<arch>.safetensors` in `dtype`, measure the round trip, reindex."""
+    from models.checkpoint import CheckpointError, load_checkpoint
+    from models.data import load_fashion_mnist
+    from models.recipes import TrainConfig
+    from models.train import evaluate
+
+    try:
+        model, checkpoint = load_checkpoint(checkpoint_path)
+    except CheckpointError as error:
+        raise WeightsError(str(error)) from None
+    config = checkpoint["config"]
+    state = {name: (t.to(STORAGE_DTYPES[dtype]) if t.is_floating_point() else t).contiguous()
+             for name, t in model.state_dict().items()}
+    model.load_state_dict({name: t.float() if t.is_floating_point() else t for name, t in state.items()})
+    data = load_fashion_mnist(data_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    test_acc_stored = evaluate(model.to(device), torch.from_numpy(data.test_images).to(device),
+                               torch.from_numpy(data.test_labels).long().to(device), TrainConfig(**config))
+    metrics = {k: v for k, v in checkpoint["metrics"].items() if k != "history"}
+    metrics.update(epochs=len(checkpoint["metrics"]["history"]), test_acc_stored=test_acc_stored,
+                   params=sum(p.numel() for p in model.parameters()))
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    save_file(state, weights_dir / f"{config['arch']}.safetensors",
+              metadata={"dtype": dtype, "config": json.dumps(config), "metrics": json.dumps(metrics)})
+    return reindex(weights_dir)[config["arch"]]
+
+
+def reindex(weights_dir: Path = WEIGHTS_DIR) -> dict[str, Weights]:
+    """Rewrite `index.json` from the safetensors files in `weights_dir`, in the registry's model order."""
+    from models.registry import list_models
+
+    entries = {}
+    for path in weights_dir.glob("*.safetensors"):
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata()
+        config, metrics = json.loads(meta["config"]), json.loads(meta["metrics"])
+        entries[config["arch"]] = Weights(
+            arch=config["arch"], file=path.name, sha256=sha256_file(path), dtype=meta["dtype"],
+            recipe=config["recipe"], config=config, epochs=metrics["epochs"], test_acc=metrics["test_acc"],
+            test_acc_stored=metrics["test_acc_stored"], train_seconds=round(metrics["train_seconds"], 1),
+            wall_seconds=round(metrics.get("wall_seconds", metrics["train_seconds"]), 1),
+            device=metrics["device"], params=metrics["params"], size_bytes=path.stat().st_size)
+    ordered = {arch: entries[arch] for arch in list_models() if arch in entries}
+    (weights_dir / INDEX_FILE).write_text(json.dumps([asdict(w) for w in ordered.values()], indent=2) + "\n")
+    return ordered
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m models.pretrained", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    add = commands.add_parser("publish", help="store a checkpoint's weights and register them")
+    add.add_argument("checkpoint", type=Path)
+    add.add_argument("--dtype", choices=STORAGE_DTYPES, default="float16")
+    add.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR)
+    add.add_argument("--data-dir", help="Fashion-MNIST directory, to measure the round trip's accuracy")
+    show = commands.add_parser("list", help="the registry, one line per architecture")
+    show.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR)
+    rebuild = commands.add_parser("reindex", help=f"rewrite {INDEX_FILE} from the files (after copying some in)")
+    rebuild.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "publish":
+            w = publish(args.checkpoint, args.dtype, args.weights_dir, args.data_dir)
+            print(f"{w.arch}: {w.file} ({w.dtype}, {w.size_bytes / 1e6:.1f} MB), test acc {w.test_acc:.4f} fp32, "
+                  f"{w.test_acc_stored:.4f} after the {w.dtype} round trip; sha256 {w.sha256[:12]}…")
+        else:
+            index = reindex(args.weights_dir) if args.command == "reindex" else read_index(args.weights_dir)
+            for w in index.values():
+                print(f"{w.arch:10s} {w.test_acc_stored:.4f}  {w.recipe:10s} {w.epochs:2d} epochs  "
+                      f"{w.wall_seconds / 60:5.1f} min on {w.device:24s} {w.params:>11,} params  {w.dtype}  "
+                      f"{w.size_bytes / 1e6:5.1f} MB")
+    except (WeightsError, OSError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

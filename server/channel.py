@@ -1,0 +1,69 @@
+"""What a server and its clients must agree on for a connection, with nothing heavy imported: the
+message limits, and TLS / bearer-token settings. The client and the load generator use this, not
+the server's runtime (ONNX Runtime, Pillow)."""
+from __future__ import annotations
+
+import argparse
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+DEFAULT_MAX_MESSAGE_MB = 64
+
+
+def message_limits(max_message_mb: int = DEFAULT_MAX_MESSAGE_MB) -> list[tuple[str, int]]:
+    """gRPC options that set the message size limit both ways; servers and clients use the same."""
+    limit = max_message_mb * 2**20
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    tls_ca: Path | None = None        # trust this CA; TLS is on when this or a client certificate is given
+    tls_cert: Path | None = None      # client certificate and key, for servers that require them (mTLS)
+    tls_key: Path | None = None
+    token_file: Path | None = None    # sends "authorization: Bearer <the file's first line>"
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_ca is not None or self.tls_cert is not None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        read = lambda path: Path(path).read_bytes() if path else None
+        return grpc.ssl_channel_credentials(root_certificates=read(self.tls_ca), private_key=read(self.tls_key),
+                                            certificate_chain=read(self.tls_cert))
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same trust and client certificate for HTTPS clients."""
+        context = ssl.create_default_context(cafile=self.tls_ca)
+        if self.tls_cert:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        return context
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        if self.token_file is None:
+            return ()
+        lines = Path(self.token_file).read_text().splitlines()
+        return (("authorization", f"Bearer {lines[0].strip() if lines else ''}"),)
+
+
+def add_security_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-ca", type=Path, help="PEM CA to trust: connect over TLS")
+    parser.add_argument("--tls-cert", type=Path, help="PEM client certificate, for servers that require one (mTLS)")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    parser.add_argument("--token-file", type=Path, help="send 'authorization: Bearer <its first line>'")
+
+
+def security_from(args: argparse.Namespace) -> ClientSecurity:
+    return ClientSecurity(args.tls_ca, args.tls_cert, args.tls_key, args.token_file)
+
+
+def connect(target: str, max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+            security: ClientSecurity | None = None) -> grpc.Channel:
+    """A channel with the same explicit message limits as the server, over TLS when `security` says so."""
+    options = message_limits(max_message_mb)
+    if security is not None and security.tls:
+        return grpc.secure_channel(target, security.credentials(), options=options)
+    return grpc.insecure_channel(target, options=options)

@@ -1,0 +1,269 @@
+"""KServe v2 / Open Inference Protocol over HTTP/REST (`--http-port`), on the same data plane.
+
+Starlette routes served by uvicorn in a thread of the server process, so HTTP and gRPC share the
+models, the batchers and the metrics. JSON tensors and the binary-data extension (a JSON header of
+`Inference-Header-Content-Length` bytes, then raw tensor bytes) both work, so `tritonclient.http`
+and `curl` are both clients. Errors are `{"error": "..."}` with the HTTP status of `STATUS`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import socket
+import ssl
+import threading
+
+import numpy as np
+import uvicorn
+from google.protobuf import json_format
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from cnnserve.spec import INPUT_NAME, LOGITS
+from server.dataplane import DataPlane, InferRequest
+from server.errors import InvalidArgument, ResourceExhausted, ServiceError
+from server.kserve import (
+    EXTENSIONS,
+    PLATFORM,
+    check_classification,
+    classification_strings,
+    image_batch,
+    parse_version,
+    selected_outputs,
+    serialize_bytes,
+    server_version,
+    tensor_metadata,
+)
+from server.security import HTTP_OPEN_PATHS, SecurityOptions, token_matches
+
+log = logging.getLogger(__name__)
+STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503,
+          "DEADLINE_EXCEEDED": 504, "CANCELLED": 499, "INTERNAL": 500}
+HEADER_LENGTH = "Inference-Header-Content-Length"
+# A JSON part costs ~30 bytes of Python objects per number once parsed; 64 images as JSON numbers
+# are about 200 kB, so JSON beyond this is refused before parsing (binary tensors have no such cost).
+MAX_JSON_BYTES = 4 * 2**20
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    log.warning("HTTP request refused (%s): %s", error.status, error.message)
+    return JSONResponse({"error": error.message}, status_code=STATUS[error.status])
+
+
+def guarded_endpoint(handler, security: SecurityOptions):
+    """The bearer token when one is required; ServiceErrors become `{"error": ...}` with their status;
+    anything else a logged 500."""
+    open_paths = tuple(HTTP_OPEN_PATHS[name] for name in security.open_without_token if name in HTTP_OPEN_PATHS)
+
+    async def wrapped(request: Request) -> Response:
+        if security.token and not request.url.path.startswith(open_paths) and \
+                not token_matches(request.headers.get("authorization"), security.token):
+            return JSONResponse({"error": "missing or wrong bearer token (Authorization header)"}, status_code=401)
+        try:
+            return await handler(request)
+        except ServiceError as error:
+            return error_response(error)
+        except Exception:  # the HTTP boundary: log the trace here, send the client a status
+            log.exception("HTTP %s %s failed", request.method, request.url.path)
+            return JSONResponse({"error": "internal server error; the server log has the details"}, status_code=500)
+    return wrapped
+
+
+class KServeHttp:
+    def __init__(self, dataplane: DataPlane, max_body_bytes: int, security: SecurityOptions):
+        self.dataplane = dataplane
+        self.max_body_bytes = max_body_bytes
+        endpoint = functools.partial(guarded_endpoint, security=security)
+        model = "/v2/models/{name}"
+        versioned = "/v2/models/{name}/versions/{version}"
+        routes = [Route("/v2/health/live", endpoint(self.live)), Route("/v2/health/ready", endpoint(self.ready)),
+                  Route("/v2", endpoint(self.server_metadata)),
+                  Route("/v2/repository/index", endpoint(self.repository_index), methods=["POST"])]
+        for path in (model, versioned):
+            routes += [Route(path, endpoint(self.model_metadata)), Route(path + "/ready", endpoint(self.model_ready)),
+                       Route(path + "/config", endpoint(self.model_config)),
+                       Route(path + "/stats", endpoint(self.model_stats)),
+                       Route(path + "/infer", endpoint(self.infer), methods=["POST"])]
+        self.app = Starlette(routes=routes)
+
+    def model(self, request: Request):
+        return self.dataplane.model(request.path_params["name"], parse_version(request.path_params.get("version", "")))
+
+    async def live(self, request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        ready = self.dataplane.ready()
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return JSONResponse({"name": "cnnserve", "version": server_version(), "extensions": EXTENSIONS})
+
+    async def model_metadata(self, request: Request) -> Response:
+        model = self.model(request)
+        inputs, outputs = tensor_metadata(model)
+        tensors = lambda items: [{"name": n, "datatype": d, "shape": s} for n, d, s in items]
+        return JSONResponse({"name": model.name, "versions": [str(model.version.version)], "platform": PLATFORM,
+                             "inputs": tensors(inputs), "outputs": tensors(outputs)})
+
+    async def model_ready(self, request: Request) -> Response:
+        self.model(request)                   # NotFound / Unavailable with the reason when not ready
+        return JSONResponse({"name": request.path_params["name"], "ready": True})
+
+    async def model_config(self, request: Request) -> Response:
+        config = self.model(request).version.config
+        return JSONResponse(json_format.MessageToDict(config, preserving_proto_field_name=True))
+
+    async def model_stats(self, request: Request) -> Response:
+        model = self.dataplane.described(request.path_params["name"])
+        s = self.dataplane.metrics.stats[model.name]
+        return JSONResponse({"model_stats": [{
+            "name": model.name, "version": str(model.version.version) if model.version else "",
+            "last_inference": s.last_inference_ms, "inference_count": s.inference_count,
+            "execution_count": s.execution_count, "inference_stats": {
+                "success": {"count": s.success_count, "ns": s.success_ns},
+                "fail": {"count": s.fail_count, "ns": s.fail_ns},
+                "queue": {"count": s.success_count, "ns": s.queue_ns},
+                "compute_infer": {"count": s.success_count, "ns": s.compute_ns}}}]})
+
+    async def repository_index(self, request: Request) -> Response:
+        return JSONResponse([{"name": m.name, "version": str(m.version.version) if m.version else "",
+                              "state": "READY" if m.ready else "UNAVAILABLE", "reason": m.error or ""}
+                             for m in self.dataplane.store.models.values()])
+
+    async def body(self, request: Request) -> bytes:
+        """The request body, refused once it passes the message limit (never read whole first)."""
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise ResourceExhausted(f"the request body is over the server's limit of "
+                                        f"{self.max_body_bytes / 2**20:.0f} MiB (--max-message-mb)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def infer(self, request: Request) -> Response:
+        body = await self.body(request)
+        header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+        model = self.model(request)
+        inputs = header.get("inputs")
+        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+            raise InvalidArgument(f"inputs must be a list of one tensor, {INPUT_NAME!r}")
+        batch = input_tensor(inputs[0], binary)
+        requested = requested_outputs(header.get("outputs"))
+        features, classification = selected_outputs(model, [(n, k) for n, k, _ in requested])
+        for k in classification.values():
+            check_classification(k, len(model.version.labels))
+        result = await run_in_threadpool(self.dataplane.infer, InferRequest(
+            model=model.name, version=model.version.version, batch=batch, features=features))
+        outputs, blobs = [], []
+        for name, k, as_binary in requested:
+            if k:
+                values, datatype = classification_strings(result, k), "BYTES"
+                raw = serialize_bytes(values)
+            else:
+                values, datatype = result.outputs[name].astype("<f4", copy=False), "FP32"
+                raw = values.tobytes()
+            tensor = {"name": name, "datatype": datatype, "shape": list(values.shape)}
+            if as_binary:
+                tensor["parameters"] = {"binary_data_size": len(raw)}
+                blobs.append(raw)
+            else:
+                tensor["data"] = values.reshape(-1).tolist()
+            outputs.append(tensor)
+        response = {"model_name": result.model, "model_version": str(result.version), "outputs": outputs}
+        if "id" in header:
+            response["id"] = str(header["id"])[:100]
+        text = json.dumps(response).encode()
+        if not blobs:
+            return Response(text, media_type="application/json")
+        return Response(text + b"".join(blobs), media_type="application/octet-stream",
+                        headers={HEADER_LENGTH: str(len(text))})
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+    """The JSON header and the binary part that follows it (binary-data extension)."""
+    if header_length is None:
+        json_part, binary = body, b""
+    else:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise InvalidArgument(f"{HEADER_LENGTH} must be the byte length of the JSON part, at most the body's "
+                                  f"{len(body):,} bytes")
+        json_part, binary = body[:int(header_length)], body[int(header_length):]
+    if len(json_part) > MAX_JSON_BYTES:
+        raise ResourceExhausted(f"the JSON part is {len(json_part):,} bytes, over the limit of {MAX_JSON_BYTES:,}; "
+                                f"send tensors as binary data ({HEADER_LENGTH})")
+    try:
+        header = json.loads(json_part)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidArgument(f"the request body is not valid JSON ({str(error)[:100]})") from None
+    if not isinstance(header, dict):
+        raise InvalidArgument("the request body must be a JSON object with 'inputs'")
+    return header, binary
+
+
+def input_tensor(tensor: dict, binary: bytes) -> np.ndarray:
+    shape, datatype = tensor.get("shape"), tensor.get("datatype")
+    if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
+        raise InvalidArgument(f"input {INPUT_NAME!r}: shape must be a list of integers")
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size != len(binary):
+            raise InvalidArgument(f"input {INPUT_NAME!r}: binary_data_size {str(size)[:20]} does not match the "
+                                  f"{len(binary):,} bytes after the JSON header")
+        return image_batch(str(tensor.get("name"))[:200], str(datatype), shape, binary)
+    try:
+        values = np.asarray(tensor.get("data"), dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"input {INPUT_NAME!r}: data must be a (nested) list of integers") from None
+    return image_batch(str(tensor.get("name"))[:200], str(datatype), shape, None, values)
+
+
+def requested_outputs(outputs) -> list[tuple[str, int, bool]]:
+    """(name, classification count or 0, binary) per requested output; none requested: the logits, as JSON."""
+    if outputs is None:
+        return [(LOGITS, 0, False)]
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise InvalidArgument("outputs must be a list of {\"name\": ...} objects")
+    requested = []
+    for output in outputs:
+        parameters = output.get("parameters") or {}
+        k = parameters.get("classification", 0)
+        if not isinstance(k, int):
+            raise InvalidArgument("the classification parameter must be an integer")
+        requested.append((str(output.get("name"))[:200], k, bool(parameters.get("binary_data", False))))
+    return requested
+
+
+class HttpFront:
+    """uvicorn on its own thread, bound before the models load so a busy port fails at once."""
+
+    def __init__(self, dataplane: DataPlane, host: str, port: int, max_body_bytes: int, security: SecurityOptions):
+        try:
+            self.socket = socket.create_server((host, port))
+            # accepted connections inherit it: no Nagle wait on a response's separate writes
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as error:
+            raise SystemExit(f"error: --http-port {port}: cannot listen on {host}:{port} "
+                             f"({error.strerror or error})") from None
+        tls = {} if not security.tls else {
+            "ssl_certfile": str(security.tls_cert), "ssl_keyfile": str(security.tls_key),
+            **({"ssl_ca_certs": str(security.tls_client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+               if security.tls_client_ca else {})}
+        config = uvicorn.Config(KServeHttp(dataplane, max_body_bytes, security).app, log_level="warning",
+                                access_log=False, timeout_keep_alive=30, limit_concurrency=1024,
+                                timeout_graceful_shutdown=10, **tls)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, name="http",
+                                       daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)

@@ -1,0 +1,100 @@
+"""The data plane alone, over a fake runtime: no server, no sockets, no ONNX Runtime, no files.
+What every protocol adapter relies on: lookup, checks and their messages, feature selection,
+the response budget, top-k, and the statistics."""
+import numpy as np
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from cnnserve.spec import CLASSES
+from server.batcher import Batcher, BatchingOptions
+from server.dataplane import DataPlane, EncodedImage, InferRequest, PixelImage
+from server.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from server.metrics import Metrics
+from server.model_store import ModelStore, ServedModel
+from server.repository import ModelVersion
+
+
+class FakeRuntime:
+    """logits[i] = arange(10) shifted by image i's first pixel; conv1: 2 channels of 3×3."""
+    output_names = ["logits", "conv1"]
+
+    def __init__(self):
+        self.runs = 0
+
+    def run(self, images, outputs):
+        self.runs += 1
+        first = images[:, 0, 0, 0].astype(np.float32)
+        values = {"logits": np.arange(10, dtype=np.float32)[None, :] * (1 + first[:, None]),
+                  "conv1": np.ones((len(images), 2, 3, 3), dtype=np.float32)}
+        return {name: values[name] for name in outputs}
+
+
+def served(name: str, runtime: FakeRuntime, metrics: Metrics, max_batch: int = 8) -> ServedModel:
+    metadata = {"input": {"name": "image", "dtype": "uint8", "shape": [-1, 1, 28, 28]}, "labels": list(CLASSES),
+                "outputs": [{"name": "logits", "shape": [-1, 10]}, {"name": "conv1", "shape": [-1, 2, 3, 3]}],
+                "trained": True, "test_acc": 0.9, "sha256": "0" * 64}
+    version = ModelVersion(name, 1, None, metadata, mc.ModelConfig(name=name))
+    batcher = Batcher(name, runtime, BatchingOptions(max_batch_size=max_batch), metrics.batch_observer(name))
+    return ServedModel(name, version, runtime, batcher)
+
+
+@pytest.fixture
+def runtime():
+    return FakeRuntime()
+
+
+@pytest.fixture
+def plane(runtime):
+    store = ModelStore.__new__(ModelStore)          # no repository: the models are given
+    metrics = Metrics()
+    store.models = {"m": served("m", runtime, metrics), "broken": ServedModel("broken", error="bad sha256")}
+    return DataPlane(store, metrics, max_response_bytes=2048)   # 8 images with every output: about 2.4 kB
+
+
+def pixels(value: int) -> PixelImage:
+    return PixelImage([28, 28], "uint8", bytes([value]) * 784)
+
+
+def test_top_k_features_and_rows_per_image(plane):
+    result = plane.infer(InferRequest("m", images=[pixels(0), pixels(1)], top_k=3, features=["all"]))
+    assert result.features == ["conv1"] and result.outputs["conv1"].shape == (2, 2, 3, 3)
+    assert result.top_indices.tolist() == [[9, 8, 7], [9, 8, 7]]
+    assert result.top_probabilities[0, 0] > result.top_probabilities[0, 1] > 0
+    assert result.outputs["logits"][1, 9] == 18.0 and result.labels[9] == "Ankle boot"
+
+
+def test_a_whole_batch_tensor_equals_per_image_tensors(plane):
+    batch = np.stack([np.full((1, 28, 28), v, dtype=np.uint8) for v in (3, 5)])
+    one = plane.infer(InferRequest("m", batch=batch)).outputs["logits"]
+    many = plane.infer(InferRequest("m", images=[pixels(3), pixels(5)])).outputs["logits"]
+    assert np.array_equal(one, many)
+
+
+@pytest.mark.parametrize("request_, error, fragment", [
+    (InferRequest("x" * 1_000_000), NotFound, "(1,000,000 characters)"),
+    (InferRequest("broken", images=[pixels(0)]), Unavailable, "bad sha256"),
+    (InferRequest("m", version=2, images=[pixels(0)]), NotFound, "version 1 loaded, not 2"),
+    (InferRequest("m"), InvalidArgument, "images is empty"),
+    (InferRequest("m", images=[pixels(0)] * 9), InvalidArgument, "the limit for one request is 8"),
+    (InferRequest("m", images=[pixels(0)], top_k=11), InvalidArgument, "between 1 and 10"),
+    (InferRequest("m", images=[pixels(0)], features=["fc9"]), NotFound, "no feature map 'fc9'"),
+    (InferRequest("m", images=[pixels(0)] * 8, features=["all"]), ResourceExhausted, "over the server's message limit"),
+    (InferRequest("m", images=[EncodedImage(b"not an image")]), InvalidArgument, "images[0].encoded"),
+    (InferRequest("m", images=[PixelImage([28, 27], "uint8", b"")]), InvalidArgument, "images[0].tensor.shape"),
+    (InferRequest("m", batch=np.zeros((1, 1, 28, 28), np.float32)), InvalidArgument, "must be uint8"),
+    (InferRequest("m", batch=np.zeros((1, 2, 28, 28), np.uint8)), InvalidArgument, "[N, 1, 28, 28]"),
+])
+def test_refusals_name_the_field_and_the_limit_before_compute(plane, runtime, request_, error, fragment):
+    with pytest.raises(error) as raised:
+        plane.infer(request_)
+    assert fragment in raised.value.message and len(raised.value.message) < 400
+    assert runtime.runs == 0
+
+
+def test_statistics_and_metrics_count_every_outcome(plane):
+    plane.infer(InferRequest("m", images=[pixels(0)] * 3))
+    with pytest.raises(InvalidArgument):
+        plane.infer(InferRequest("m", images=[pixels(0)], top_k=99))
+    stats = plane.metrics.stats["m"]
+    assert (stats.success_count, stats.fail_count, stats.inference_count, stats.execution_count) == (1, 1, 3, 1)
+    assert plane.metrics.requests.labels("m", "INVALID_ARGUMENT")._value.get() == 1

@@ -1,0 +1,213 @@
+"""KServe v2 / Open Inference Protocol over gRPC, driven by Triton's own client (tritonclient.grpc)
+against a real server: health, metadata, config, inference of raw uint8 images on every served
+model, feature maps by name, the classification extension, statistics and the error cases."""
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+from tritonclient.utils import InferenceServerException
+
+from cnnserve.spawn import SpawnedServer
+from cnnserve.spec import CLASSES
+from models import list_models
+from server.client import raw_image
+from server.proto import classifier_pb2 as pb
+
+
+@pytest.fixture(scope="module")
+def server(shipped_repository, tmp_path_factory):
+    process = SpawnedServer(shipped_repository, log_path=tmp_path_factory.mktemp("logs") / "server.log")
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return tgrpc.InferenceServerClient(server.target)
+
+
+def infer(client, model, images, outputs=(), **kwargs):
+    tensor = tgrpc.InferInput("image", list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images)
+    requested = [tgrpc.InferRequestedOutput(name, **kwargs.pop(name, {})) for name in outputs]
+    return client.infer(model, [tensor], outputs=requested or None, **kwargs)
+
+
+def test_health_metadata_config_and_index(client):
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("lenet_bn") and not client.is_model_ready("nosuch")
+    assert not client.is_model_ready("lenet_bn", "7")
+    server = client.get_server_metadata()
+    assert server.name == "cnnserve" and "classification" in server.extensions
+    meta = client.get_model_metadata("lenet_bn")
+    assert meta.versions == ["1"] and meta.platform == "onnxruntime_onnx"
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("image", "UINT8", [-1, 1, 28, 28])]
+    assert [t.name for t in meta.outputs][:3] == ["logits", "conv1", "pool1"]
+    config = client.get_model_config("lenet_bn").config
+    assert config.name == "lenet_bn" and config.max_batch_size == 64 and config.input[0].name == "image"
+    index = {m.name: m for m in client.get_model_repository_index().models}
+    assert set(index) == set(list_models(trained=True)) and index["lenet_bn"].state == "READY"
+
+
+@pytest.mark.parametrize("model", list_models(trained=True))
+def test_infer_raw_uint8_equals_cnnserve_v1_bit_for_bit(server, client, fashion, model):
+    images = fashion.test_images[:5, None]
+    result = infer(client, model, images, outputs=["logits"])
+    logits = result.as_numpy("logits")
+    assert logits.shape == (5, 10) and logits.dtype == np.float32
+    v1 = server.stub.Classify(pb.ClassifyRequest(model=model, images=[raw_image(x) for x in fashion.test_images[:5]],
+                                                 top_k=10), timeout=30)
+    for row, answer in zip(logits, v1.results):
+        assert [row[p.class_index] for p in answer.predictions] == [p.logit for p in answer.predictions]
+    assert (logits.argmax(1) == fashion.test_labels[:5]).mean() >= 0.6
+
+
+def test_feature_maps_by_name_and_classification(client, fashion):
+    images = fashion.test_images[:3, None]
+    result = infer(client, "lenet_bn", images, outputs=["conv1", "fc1", "logits"])
+    assert result.as_numpy("conv1").shape == (3, 6, 24, 24) and result.as_numpy("fc1").shape == (3, 120)
+    classified = infer(client, "lenet_bn", images, outputs=["logits"], logits={"class_count": 3})
+    labels = classified.as_numpy("logits")
+    assert labels.shape == (3, 3)
+    score, index, label = labels[0, 0].decode().split(":")
+    assert int(index) == result.as_numpy("logits")[0].argmax() and label == CLASSES[int(index)]
+    assert float(score) == pytest.approx(float(result.as_numpy("logits")[0].max()), abs=1e-5)
+    only_logits = infer(client, "lenet_bn", images)        # no outputs requested: the logits
+    assert only_logits.as_numpy("logits").shape == (3, 10) and only_logits.as_numpy("conv1") is None
+
+
+def test_statistics_count_inferences(client, fashion):
+    before = client.get_inference_statistics("lenet_bn").model_stats[0]
+    infer(client, "lenet_bn", fashion.test_images[:4, None])
+    after = client.get_inference_statistics("lenet_bn").model_stats[0]
+    assert after.inference_count - before.inference_count == 4
+    assert after.inference_stats.success.count == before.inference_stats.success.count + 1
+    assert after.execution_count > before.execution_count and after.last_inference > 0
+
+
+@pytest.mark.parametrize("case, status, fragment", [
+    ("unknown_model", "StatusCode.NOT_FOUND", "'nosuch' is not served"),
+    ("wrong_shape", "StatusCode.INVALID_ARGUMENT", "must be [N, 1, 28, 28]"),
+    ("wrong_datatype", "StatusCode.INVALID_ARGUMENT", "must be UINT8"),
+    ("unknown_output", "StatusCode.NOT_FOUND", "no output 'nosuch'"),
+    ("too_many_classes", "StatusCode.INVALID_ARGUMENT", "between 1 and 10"),
+])
+def test_errors_map_to_the_same_status_as_cnnserve_v1(client, case, status, fragment):
+    good = np.zeros((1, 1, 28, 28), dtype=np.uint8)
+    with pytest.raises(InferenceServerException) as error:
+        if case == "unknown_model":
+            infer(client, "nosuch", good)
+        elif case == "wrong_shape":
+            infer(client, "lenet_bn", np.zeros((1, 1, 27, 28), dtype=np.uint8))
+        elif case == "wrong_datatype":
+            tensor = tgrpc.InferInput("image", [1, 1, 28, 28], "FP32")
+            tensor.set_data_from_numpy(good.astype(np.float32))
+            client.infer("lenet_bn", [tensor])
+        elif case == "unknown_output":
+            infer(client, "lenet_bn", good, outputs=["nosuch"])
+        else:
+            infer(client, "lenet_bn", good, outputs=["logits"], logits={"class_count": 11})
+    assert error.value.status() == status and fragment in error.value.message()
+
+
+# ---- KServe v2 over HTTP/REST (--http-port), with tritonclient.http and plain JSON ----
+
+@pytest.fixture(scope="module")
+def http_server(shipped_repository, tmp_path_factory):
+    process = SpawnedServer(shipped_repository, ["--models", "lenet,lenet_bn"], with_http=True,
+                            log_path=tmp_path_factory.mktemp("logs") / "server.log")
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+@pytest.fixture(scope="module")
+def http_client(http_server):
+    import tritonclient.http as thttp
+    return thttp.InferenceServerClient(http_server.http_target)
+
+
+def post_json(server, path, body):
+    import json
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request(f"http://{server.http_target}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_http_health_metadata_config(http_client):
+    assert http_client.is_server_live() and http_client.is_server_ready()
+    assert http_client.is_model_ready("lenet_bn") and not http_client.is_model_ready("nosuch")
+    assert "binary_tensor_data" in http_client.get_server_metadata()["extensions"]
+    meta = http_client.get_model_metadata("lenet_bn")
+    assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, 1, 28, 28]}]
+    assert http_client.get_model_config("lenet_bn")["max_batch_size"] == 64
+    assert {m["name"] for m in http_client.get_model_repository_index()} == {"lenet", "lenet_bn"}
+
+
+def test_http_binary_data_equals_grpc_bit_for_bit(http_server, http_client, fashion):
+    import tritonclient.http as thttp
+    images = fashion.test_images[:6, None]
+    tensor = thttp.InferInput("image", list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images, binary_data=True)
+    outputs = [thttp.InferRequestedOutput("logits", binary_data=True), thttp.InferRequestedOutput("conv1")]
+    result = http_client.infer("lenet_bn", [tensor], outputs=outputs)
+    grpc_result = infer(tgrpc.InferenceServerClient(http_server.target), "lenet_bn", images, outputs=["logits", "conv1"])
+    assert np.array_equal(result.as_numpy("logits"), grpc_result.as_numpy("logits"))
+    assert result.as_numpy("conv1").shape == (6, 6, 24, 24)
+    classified = http_client.infer("lenet_bn", [tensor], outputs=[thttp.InferRequestedOutput("logits", class_count=2)])
+    assert classified.as_numpy("logits").shape == (6, 2)
+    assert classified.as_numpy("logits")[0, 0].decode().endswith(":" + CLASSES[fashion.test_labels[0]])
+
+
+def test_http_json_tensors_and_errors(http_server, fashion):
+    image = fashion.test_images[0][None, None]
+    body = {"inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "UINT8", "data": image.tolist()}],
+            "outputs": [{"name": "logits"}, {"name": "logits", "parameters": {"classification": 1}}]}
+    status, answer = post_json(http_server, "/v2/models/lenet_bn/infer", body)
+    assert status == 200 and answer["model_name"] == "lenet_bn"
+    logits, top = answer["outputs"]
+    assert logits["shape"] == [1, 10] and len(logits["data"]) == 10 and top["datatype"] == "BYTES"
+    assert top["data"][0].split(":")[1] == str(int(np.argmax(logits["data"])))
+    cases = {
+        "/v2/models/nosuch/infer": (body, 404, "'nosuch' is not served"),
+        "/v2/models/lenet_bn/versions/x/infer": (body, 400, "not a version number"),
+        "/v2/models/lenet_bn/infer": ({**body, "inputs": [{**body["inputs"][0], "shape": [1, 1, 28, 27]}]}, 400,
+                                      "needs 756 values"),
+    }
+    for path, (request, code, fragment) in cases.items():
+        status, answer = post_json(http_server, path, request)
+        assert status == code and fragment in answer["error"], answer
+    wrong_type = {"inputs": [{**body["inputs"][0], "datatype": "FP32"}]}
+    status, answer = post_json(http_server, "/v2/models/lenet_bn/infer", wrong_type)
+    assert status == 400 and "must be UINT8" in answer["error"]
+
+
+@pytest.mark.parametrize("case, grpc_status, http_status", [
+    ("unknown_model", "NOT_FOUND", 404), ("wrong_shape", "INVALID_ARGUMENT", 400)])
+def test_errors_map_to_the_same_status_in_every_protocol(http_server, case, grpc_status, http_status):
+    import grpc
+    model, side = ("nosuch", 28) if case == "unknown_model" else ("lenet_bn", 27)
+    v1 = pb.ClassifyRequest(model=model, images=[pb.Image(tensor=pb.Tensor(shape=[28, side], dtype="uint8",
+                                                                            data=bytes(28 * side)))])
+    with pytest.raises(grpc.RpcError) as v1_error:
+        http_server.stub.Classify(v1, timeout=10)
+    with pytest.raises(InferenceServerException) as kserve_error:
+        infer(tgrpc.InferenceServerClient(http_server.target), model, np.zeros((1, 1, 28, side), np.uint8))
+    body = {"inputs": [{"name": "image", "shape": [1, 1, 28, side], "datatype": "UINT8", "data": [0] * 28 * side}]}
+    status, _ = post_json(http_server, f"/v2/models/{model}/infer", body)
+    assert v1_error.value.code().name == grpc_status and kserve_error.value.status() == f"StatusCode.{grpc_status}"
+    assert status == http_status
+
+
+@pytest.mark.parametrize("protocol", ["cnnserve", "kserve-grpc", "kserve-http"])
+@pytest.mark.slow
+def test_the_load_generator_speaks_every_protocol(http_server, protocol):
+    from server.loadtest import Level, Workload, run_level
+    target = http_server.http_target if protocol == "kserve-http" else http_server.target
+    row = run_level(Workload(target, "lenet_bn", batch=2, features=("conv1",), warmup_s=0.3, duration_s=1,
+                             processes=1, protocol=protocol), Level(concurrency=2), live=False)
+    assert row["ok"] > 10 and not row["failed"] and row["protocol"] == protocol, row["first_errors"]
