@@ -32,7 +32,9 @@ from server.kserve import (
     check_classification,
     classification_strings,
     image_batch,
+    model_statistics,
     parse_version,
+    repository_index,
     selected_outputs,
     serialize_bytes,
     server_version,
@@ -119,21 +121,10 @@ class KServeHttp:
         return JSONResponse(json_format.MessageToDict(config, preserving_proto_field_name=True))
 
     async def model_stats(self, request: Request) -> Response:
-        model = self.dataplane.described(request.path_params["name"])
-        s = self.dataplane.metrics.stats[model.name]
-        return JSONResponse({"model_stats": [{
-            "name": model.name, "version": str(model.version.version) if model.version else "",
-            "last_inference": s.last_inference_ms, "inference_count": s.inference_count,
-            "execution_count": s.execution_count, "inference_stats": {
-                "success": {"count": s.success_count, "ns": s.success_ns},
-                "fail": {"count": s.fail_count, "ns": s.fail_ns},
-                "queue": {"count": s.success_count, "ns": s.queue_ns},
-                "compute_infer": {"count": s.success_count, "ns": s.compute_ns}}}]})
+        return JSONResponse({"model_stats": [model_statistics(self.dataplane, request.path_params["name"])]})
 
     async def repository_index(self, request: Request) -> Response:
-        return JSONResponse([{"name": m.name, "version": str(m.version.version) if m.version else "",
-                              "state": "READY" if m.ready else "UNAVAILABLE", "reason": m.error or ""}
-                             for m in self.dataplane.store.models.values()])
+        return JSONResponse(repository_index(self.dataplane))
 
     async def body(self, request: Request) -> bytes:
         """The request body, refused once it passes the message limit (never read whole first)."""

@@ -14,6 +14,7 @@ import struct
 from importlib import metadata as package_metadata
 
 import numpy as np
+from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc
 
@@ -108,6 +109,26 @@ def tensor_metadata(model: ServedModel) -> tuple[list[tuple[str, str, list[int]]
     return inputs, outputs
 
 
+def model_statistics(dataplane: DataPlane, name: str) -> dict:
+    """One model's ModelStatistics in the protocol's JSON shape (HTTP sends it, gRPC parses it)."""
+    model = dataplane.described(name)
+    s = dataplane.metrics.stats[name]
+    return {"name": name, "version": str(model.version.version) if model.version else "",
+            "last_inference": s.last_inference_ms, "inference_count": s.inference_count,
+            "execution_count": s.execution_count, "inference_stats": {
+                "success": {"count": s.success_count, "ns": s.success_ns},
+                "fail": {"count": s.fail_count, "ns": s.fail_ns},
+                "queue": {"count": s.success_count, "ns": s.queue_ns},
+                "compute_infer": {"count": s.success_count, "ns": s.compute_ns}}}
+
+
+def repository_index(dataplane: DataPlane, ready_only: bool = False) -> list[dict]:
+    """The repository index in the protocol's JSON shape."""
+    return [{"name": m.name, "version": str(m.version.version) if m.version else "",
+             "state": "READY" if m.ready else "UNAVAILABLE", "reason": m.error or ""}
+            for m in dataplane.store.models.values() if m.ready or not ready_only]
+
+
 def check_classification(value: int, classes: int) -> int:
     if not 1 <= value <= classes:
         raise InvalidArgument(f"classification {value} is out of range: it must be between 1 and {classes}")
@@ -154,29 +175,14 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     def RepositoryIndex(self, request, context):
-        index = kpb.RepositoryIndexResponse.ModelIndex
-        models = [m for m in self.dataplane.store.models.values() if m.ready or not request.ready]
-        return kpb.RepositoryIndexResponse(models=[
-            index(name=m.name, version=str(m.version.version) if m.version else "",
-                  state="READY" if m.ready else "UNAVAILABLE", reason=m.error or "") for m in models])
+        return json_format.ParseDict({"models": repository_index(self.dataplane, request.ready)},
+                                     kpb.RepositoryIndexResponse())
 
     @grpc_errors
     def ModelStatistics(self, request, context):
         names = [request.name] if request.name else list(self.dataplane.store.models)
-        response = kpb.ModelStatisticsResponse()
-        for name in names:
-            model = self.dataplane.described(name)
-            s = self.dataplane.metrics.stats[name]
-            duration = kpb.StatisticDuration
-            response.model_stats.add(
-                name=name, version=str(model.version.version) if model.version else "",
-                last_inference=s.last_inference_ms, inference_count=s.inference_count,
-                execution_count=s.execution_count, inference_stats=kpb.InferStatistics(
-                    success=duration(count=s.success_count, ns=s.success_ns),
-                    fail=duration(count=s.fail_count, ns=s.fail_ns),
-                    queue=duration(count=s.success_count, ns=s.queue_ns),
-                    compute_infer=duration(count=s.success_count, ns=s.compute_ns)))
-        return response
+        return json_format.ParseDict({"model_stats": [model_statistics(self.dataplane, n) for n in names]},
+                                     kpb.ModelStatisticsResponse())
 
     @grpc_errors
     def ModelInfer(self, request: kpb.ModelInferRequest, context) -> kpb.ModelInferResponse:

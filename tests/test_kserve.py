@@ -211,3 +211,14 @@ def test_the_load_generator_speaks_every_protocol(http_server, protocol):
     row = run_level(Workload(target, "lenet_bn", batch=2, features=("conv1",), warmup_s=0.3, duration_s=1,
                              processes=1, protocol=protocol), Level(concurrency=2), live=False)
     assert row["ok"] > 10 and not row["failed"] and row["protocol"] == protocol, row["first_errors"]
+
+
+def test_http_statistics_count_inferences(http_server, http_client, fashion):
+    import tritonclient.http as thttp
+    before = http_client.get_inference_statistics("lenet_bn")["model_stats"][0]
+    tensor = thttp.InferInput("image", [2, 1, 28, 28], "UINT8")
+    tensor.set_data_from_numpy(fashion.test_images[:2, None])
+    http_client.infer("lenet_bn", [tensor])
+    after = http_client.get_inference_statistics("lenet_bn")["model_stats"][0]
+    assert after["inference_count"] - before["inference_count"] == 2
+    assert after["inference_stats"]["success"]["count"] == before["inference_stats"]["success"]["count"] + 1
