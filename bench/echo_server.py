@@ -16,7 +16,7 @@ METHOD = "/cnnserve.bench.Echo/Echo"
 
 def main() -> None:
     config = ServerConfig()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.grpc_threads),
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64),
                          options=message_limits(config.max_message_mb))
     echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)   # bytes in, same bytes out
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("cnnserve.bench.Echo", {"Echo": echo})])

@@ -47,7 +47,7 @@ def main() -> None:
         return request
 
     config = ServerConfig()
-    server = grpc.server(futures.ThreadPoolExecutor(config.grpc_threads), options=message_limits(config.max_message_mb))
+    server = grpc.server(futures.ThreadPoolExecutor(64), options=message_limits(config.max_message_mb))
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
         "bench.Floor", {"Call": grpc.unary_unary_rpc_method_handler(handler)})])
     port = server.add_insecure_port("127.0.0.1:0")

@@ -26,12 +26,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
     parser.add_argument("--graph-optimization", choices=list(GRAPH_OPTIMIZATION), default=r.graph_optimization)
     parser.add_argument("--warmup-runs", type=int, default=r.warmup_runs)
     parser.add_argument("--max-message-mb", type=int, default=d.max_message_mb, help="gRPC message size limit, both directions")
-    parser.add_argument("--grpc-threads", type=int, default=d.grpc_threads,
-                        help="threads handling gRPC calls (each waits while its request is queued)")
     parser.add_argument("--max-batch-size", type=int, help="dynamic batching: most images per run "
                         "(default: max_batch_size of the model's config.pbtxt); also the per-request limit")
     parser.add_argument("--max-queue-delay-ms", type=float, help="dynamic batching: longest wait for requests on "
                         "their way (default: the config.pbtxt's max_queue_delay_microseconds)")
+    parser.add_argument("--max-run-images", type=int, help="dynamic batching: most images per ONNX Runtime run; "
+                        "larger requests run in slices, so a caller that overtakes a flood waits at most one run "
+                        "(default: the config.pbtxt's parameter max_run_images, else the max batch size)")
     parser.add_argument("--max-queue-images", type=int, help="queued images per model before RESOURCE_EXHAUSTED "
                         "(default: 16 × max batch size)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this HTTP port")
@@ -61,9 +62,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
     config = ServerConfig(
         model_repository=args.model_repository, models=args.models.split(",") if args.models else None,
         host=args.host, port=args.port, runtime=runtime, max_message_mb=args.max_message_mb,
-        grpc_threads=args.grpc_threads, grace_s=args.grace, metrics_port=args.metrics_port, http_port=args.http_port,
+        grace_s=args.grace, metrics_port=args.metrics_port, http_port=args.http_port,
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
-        max_queue_images=args.max_queue_images, reuse_port=args.workers > 1, strict=args.strict,
+        max_queue_images=args.max_queue_images, max_run_images=args.max_run_images, reuse_port=args.workers > 1,
+        strict=args.strict,
         max_concurrent_rpcs=args.max_concurrent_rpcs, keepalive_s=args.keepalive,
         max_connection_idle_s=args.max_connection_idle, max_connection_age_s=args.max_connection_age,
         security=SecurityOptions(tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,

@@ -1,22 +1,24 @@
 """The server process: model store, gRPC server with health and reflection, metrics, signals.
 
+One asyncio event loop runs the gRPC server (`grpc.aio`) and the HTTP front, so a waiting call
+or an open stream (health Watch, reflection) costs a suspended coroutine, not a thread; ONNX
+Runtime runs on one compute thread per model (see `server/batcher.py`).
+
 Start-up order matters: the gRPC port opens first with every health status NOT_SERVING, then
 the models load and warm up, and only then do they (and the server as a whole) turn SERVING.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
-import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from server.channel import DEFAULT_MAX_MESSAGE_MB, message_limits
 from server.dataplane import DataPlane
@@ -29,6 +31,7 @@ from server.kserve import KServeGrpcService
 from server.metrics import Metrics
 from server.model_store import ModelStore
 from server.proto import classifier_pb2
+from server.reflection import enable as enable_reflection
 from server.runtime import RuntimeOptions, preload_cuda_libraries, providers_for
 from server.security import SecurityOptions, TokenInterceptor, server_credentials
 from server.security import load as load_security
@@ -46,13 +49,13 @@ class ServerConfig:
     port: int = 50051
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
-    grpc_threads: int = 64
     grace_s: float = 10.0
     metrics_port: int | None = None
     http_port: int | None = None            # KServe v2 over HTTP/REST on this port
     max_batch_size: int | None = None       # None: from each model's config.pbtxt
     max_queue_delay_ms: float | None = None
     max_queue_images: int | None = None
+    max_run_images: int | None = None
     reuse_port: bool = False                # several worker processes share one port
     strict: bool = False                    # exit when any model fails to load (Triton's default)
     # Connection hygiene: one client must not hold the server's threads or sockets forever.
@@ -80,6 +83,10 @@ def configure_logging() -> None:
 
 def serve(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT; then stop accepting, let in-flight calls finish within the grace period."""
+    asyncio.run(serve_async(config))
+
+
+async def serve_async(config: ServerConfig) -> None:
     providers_for(config.runtime.device)   # `--device cuda` without CUDA fails here, before anything starts
     security = load_security(config.security)
     preload_cuda_libraries()
@@ -94,15 +101,14 @@ def serve(config: ServerConfig) -> None:
     store = ModelStore(config.model_repository, config.models, config.runtime, {
         "max_batch_size": config.max_batch_size,
         "max_queue_delay_s": None if config.max_queue_delay_ms is None else config.max_queue_delay_ms / 1e3,
-        "max_queue_images": config.max_queue_images}, metrics)
+        "max_queue_images": config.max_queue_images, "max_run_images": config.max_run_images}, metrics)
 
     # gRPC turns SO_REUSEPORT on by default; only --workers wants it, elsewhere a busy port must be an error.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="grpc"),
-                         options=[*message_limits(config.max_message_mb), ("grpc.so_reuseport", int(config.reuse_port)),
-                                  *connection_options(config)],
-                         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-                         interceptors=[TokenInterceptor(security.token, security.open_without_token)]
-                         if security.token else [])
+    server = grpc.aio.server(options=[*message_limits(config.max_message_mb),
+                                      ("grpc.so_reuseport", int(config.reuse_port)), *connection_options(config)],
+                             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+                             interceptors=[TokenInterceptor(security.token, security.open_without_token)]
+                             if security.token else [])
     dataplane = DataPlane(store, metrics, max_response_bytes=config.max_message_mb * 2**20)
     http = None if config.http_port is None else HttpFront(dataplane, config.host, config.http_port,
                                                            config.max_message_mb * 2**20, security)
@@ -110,8 +116,7 @@ def serve(config: ServerConfig) -> None:
     add_servicer(server, KServeGrpcService(dataplane), KSERVE_DESCRIPTOR)
     health_servicer = HealthServicer(["", SERVICE_NAME, KSERVE_DESCRIPTOR.full_name, *store.models])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, KSERVE_DESCRIPTOR.full_name, HEALTH_SERVICE_NAME,
-                                         reflection.SERVICE_NAME), server)
+    enable_reflection(server, (SERVICE_NAME, KSERVE_DESCRIPTOR.full_name, HEALTH_SERVICE_NAME))
     address = f"{config.host}:{config.port}"
     try:
         bound = (server.add_secure_port(address, server_credentials(security)) if security.tls
@@ -121,19 +126,19 @@ def serve(config: ServerConfig) -> None:
     if bound == 0:
         raise SystemExit(f"error: cannot listen on {address}: the port is in use or the address is not "
                          f"this machine's (choose another with --port / --host)")
-    server.start()
+    await server.start()
     log.info("listening on %s (NOT_SERVING while models load)", address)
     if http:
         http.start()
         log.info("KServe v2 HTTP on http://%s:%d/v2", config.host, config.http_port)
 
-    stopping = threading.Event()
+    stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: stopping.set())
+        asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
 
-    store.load_all()
+    await asyncio.to_thread(store.load_all)      # off the loop: health answers NOT_SERVING meanwhile
     if config.strict and store.failures():
-        server.stop(0)
+        await server.stop(0)
         failures = "; ".join(f"{name}: {reason}" for name, reason in store.failures().items())
         raise SystemExit(f"error: --strict: {len(store.failures())} model(s) failed to load: {failures}")
     preload_decoders()
@@ -148,18 +153,18 @@ def serve(config: ServerConfig) -> None:
     if not store.models:
         log.warning("the model repository %s holds no model directories: nothing to serve", config.model_repository)
 
-    stopping.wait()
+    await stopping.wait()
     # Drain at the application level first: NOT_SERVING at once, new requests UNAVAILABLE (which
     # clients retry), the ones in flight finish; only then does the transport stop, so almost no
     # call sees the bare CANCELLED that stopping a busy grpcio server gives.
     log.info("stopping: health NOT_SERVING, new requests UNAVAILABLE; in-flight requests get %.0f s", config.grace_s)
     started = time.monotonic()
     health_servicer.enter_graceful_shutdown()
-    drained = dataplane.drain(config.grace_s)
+    drained = await dataplane.drain(config.grace_s)
     remaining = max(config.grace_s - (time.monotonic() - started), 0.5)
     log.info("stopping: %s; closing the transports", "no request in flight" if drained else "grace period over")
     if http:
-        http.stop(remaining)
-    server.stop(remaining).wait()
+        await http.stop(remaining)
+    await server.stop(remaining)
     store.close()
     log.info("stopped")

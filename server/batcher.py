@@ -1,44 +1,65 @@
-"""Dynamic batching: concurrent requests for one model merged into one ONNX Runtime run.
+"""Dynamic batching on the event loop: concurrent requests for one model merged into one ONNX Runtime run.
 
-There is no batching thread. The request threads take turns as the *leader* (the
-leader/followers pattern): a request that finds no run in progress leads at once, on its own
-thread, so a lone request pays no thread hand-off. While a run is in progress, new requests
-queue; when it ends, the leader passes the lead to the thread of the oldest queued request,
-which runs everything queued, up to `max_batch_size` images. Before a run, the leader waits up
-to `max_queue_delay` for requests that are already on their way (announced by `arriving()`
-while they are decoded), never for company that is not coming.
+Requests are parsed and queued on the server's asyncio loop; each model has one compute thread
+that runs ONNX Runtime (which releases the GIL). While a batch computes, the loop keeps parsing
+and queueing, so when the run ends the next batch takes everything that arrived meanwhile:
+batches grow with load by themselves, and a lone request starts at once. Before a run the
+batcher waits up to `max_queue_delay` only for requests that are already on their way (announced
+by `arriving()` while they are decoded off the loop), never for company that is not coming.
 
-The queue is bounded in images: when full, `infer` raises ResourceExhausted at once instead of
-letting latency grow without limit. Requests whose deadline passed or whose client went away
-are dropped before compute.
+Fairness: the queue is ordered by start-time fair queuing over callers (a caller is a client
+connection, or whatever key the adapter passes). Each request gets the tag max(virtual time,
+its caller's previous tag) + its images, and runs take the smallest tags first, so a caller
+sending one image at a time overtakes a flood of 64-image requests from others instead of
+waiting behind all of them. A run takes at most `max_run_images` images, slicing a larger
+request across runs, so a caller that overtakes waits at most one run; where batching gains
+little (resnet18 on a CPU costs the same per image at batch 1 and 64) a small value bounds
+everyone's wait without losing throughput.
+
+Admission is per caller too: a caller with nothing queued is always admitted (a flood cannot
+lock a newcomer out; `--max-concurrent-rpcs` bounds how many there are); a caller with requests
+queued may hold at most `max_caller_images`, and the queue as a whole `max_queue_images`.
+
+Requests whose deadline passed or whose client went away (the awaiting task was cancelled) are
+dropped before compute. Any exception fails exactly the batch that raised.
 """
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 import logging
-import threading
 import time
-from collections import deque
+from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from cnnserve.spec import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US
-from server.errors import Cancelled, DeadlineExceeded, ResourceExhausted, Unavailable
+from server.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from server.runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
 
 
 QUEUED_BATCHES = 16   # by default a model's queue holds this many full batches of images
+CALLER_BATCHES = 2    # ... of which one caller may hold this many
 
 
 @dataclass(frozen=True)
 class BatchingOptions:
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE     # the most images one request may hold
     max_queue_delay_s: float = DEFAULT_MAX_QUEUE_DELAY_US / 1e6
     max_queue_images: int = QUEUED_BATCHES * DEFAULT_MAX_BATCH_SIZE
+    max_caller_images: int = CALLER_BATCHES * DEFAULT_MAX_BATCH_SIZE
+    max_run_images: int = 0                          # the most images one ONNX Runtime run takes (0: max_batch_size)
+
+    @property
+    def run_images(self) -> int:
+        return self.max_run_images or self.max_batch_size
 
 
 @dataclass
@@ -49,148 +70,186 @@ class BatchResult:
     batch_size: int
 
 
-@dataclass
-class _Arrival:
-    pending: bool = True
-
-
-@dataclass
+@dataclass(order=True)
 class _Request:
-    images: np.ndarray
-    outputs: list[str]
-    deadline: float | None            # a time.monotonic() value, or None
-    is_active: Callable[[], bool]
-    enqueued: float = field(default_factory=time.monotonic)
-    wake: threading.Event = field(default_factory=threading.Event)   # finished, or handed the lead
-    result: BatchResult | None = None
-    error: Exception | None = None
-
-    def finish(self, result: BatchResult | None = None, error: Exception | None = None) -> None:
-        self.result, self.error = result, error
-        self.wake.set()
-
-    @property
-    def finished(self) -> bool:
-        return self.result is not None or self.error is not None
+    tag: float                                        # fair-queuing finish tag: smaller runs first
+    sequence: int                                     # ties: arrival order
+    images: np.ndarray = field(compare=False)
+    outputs: list[str] = field(compare=False)
+    deadline: float | None = field(compare=False)     # a time.monotonic() value, or None
+    caller: str = field(compare=False)
+    future: asyncio.Future = field(compare=False)
+    enqueued: float = field(compare=False, default_factory=time.monotonic)
+    taken: int = field(compare=False, default=0)          # rows already handed to runs
+    parts: list = field(compare=False, default_factory=list)   # finished runs' rows, in order
+    started: float = field(compare=False, default=0.0)    # when its first rows began computing
+    compute_s: float = field(compare=False, default=0.0)
+    batch_size: int = field(compare=False, default=0)     # the largest run it was part of
 
 
 class Batcher:
     def __init__(self, name: str, runtime: ModelRuntime, options: BatchingOptions,
                  on_batch: Callable[[int, float], None] = lambda size, seconds: None):
         self.name, self.runtime, self.options, self.on_batch = name, runtime, options, on_batch
-        self._queue: deque[_Request] = deque()
+        self._queue: list[_Request] = []                  # a heap by tag
         self._queued_images = 0
+        self._caller_images: defaultdict[str, int] = defaultdict(int)
+        self._caller_tag: dict[str, float] = {}           # each queued caller's last finish tag
+        self._virtual_time = 0.0
+        self._sequence = itertools.count()
         self._arriving = 0
-        self._leading = False              # a thread is leading: taking or running a batch
         self._closed = False
-        self._changed = threading.Condition()
+        self._changed: asyncio.Event | None = None        # created on the loop, at the first request
+        self._scheduler: asyncio.Task | None = None
+        self._compute = ThreadPoolExecutor(1, thread_name_prefix=f"compute-{name}")
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch."""
+        return len(self._queue)
 
     @contextmanager
     def arriving(self):
-        """Wrap the decoding of a request, so a leader knows to wait for it; pass the yielded
-        arrival to `infer`, which ends it as the request joins the queue."""
-        arrival = _Arrival()
-        with self._changed:
-            self._arriving += 1
+        """Wrap a request's decoding off the loop, so a batch about to start waits for it (up to the delay)."""
+        self._arriving += 1
         try:
-            yield arrival
+            yield
         finally:
-            with self._changed:
-                self._end_arrival(arrival)
-
-    def _end_arrival(self, arrival: _Arrival | None) -> None:
-        if arrival is not None and arrival.pending:
-            arrival.pending = False
             self._arriving -= 1
-            self._changed.notify_all()
+            self._notify()
 
-    def infer(self, images: np.ndarray, outputs: list[str], deadline: float | None = None,
-              is_active: Callable[[], bool] = lambda: True, arrival: _Arrival | None = None) -> BatchResult:
+    async def infer(self, images: np.ndarray, outputs: list[str], deadline: float | None = None,
+                    caller: str = "") -> BatchResult:
         """Run `images` (uint8 [N, 1, 28, 28]) for the named outputs, batched with concurrent requests."""
-        request = _Request(images, outputs, deadline, is_active)
-        with self._changed:
-            self._end_arrival(arrival)
-            if self._closed:
-                raise Unavailable(f"model {self.name} is shutting down")
-            if self._queued_images + len(images) > self.options.max_queue_images:
+        if self._closed:
+            raise Unavailable(f"model {self.name} is shutting down")
+        n = len(images)
+        if caller in self._caller_images:           # a newcomer is always admitted
+            if self._queued_images + n > self.options.max_queue_images:
                 raise ResourceExhausted(
                     f"model {self.name}: the queue holds {self._queued_images} images and its limit is "
                     f"{self.options.max_queue_images}; retry later or send fewer images")
-            self._queue.append(request)
-            self._queued_images += len(images)
-            self._changed.notify_all()
-            lead = not self._leading
-            self._leading = True
-        if not lead:
-            request.wake.wait()
-        try:
-            while not request.finished:      # leading: run batches until this request is done
-                self._run(self._take_batch())
-        finally:                             # whatever happened, the next queued request must lead
-            self._pass_lead()
-        if request.error:
-            raise request.error
-        return request.result
+            if self._caller_images[caller] + n > self.options.max_caller_images:
+                raise ResourceExhausted(
+                    f"model {self.name}: this connection has {self._caller_images[caller]} images queued and one "
+                    f"caller's share is {self.options.max_caller_images}; wait for answers before sending more")
+        tag = max(self._virtual_time, self._caller_tag.get(caller, 0.0)) + n
+        self._caller_tag[caller] = tag
+        self._caller_images[caller] += n
+        self._queued_images += n
+        request = _Request(tag, next(self._sequence), images, outputs, deadline, caller,
+                           asyncio.get_running_loop().create_future())
+        heapq.heappush(self._queue, request)
+        self._start_scheduler()
+        self._notify()
+        return await request.future          # cancelled with the caller's task: dropped before compute
 
     def close(self) -> None:
-        """Refuse new requests; those already queued are finished by their own threads."""
-        with self._changed:
-            self._closed = True
+        """Refuse new requests; those already queued still run."""
+        self._closed = True
 
-    def _pass_lead(self) -> None:
-        """Called by a leader whose own request is finished: wake the oldest queued request's thread."""
-        with self._changed:
-            if self._queue:
-                self._queue[0].wake.set()
-            else:
-                self._leading = False
+    def shutdown(self) -> None:
+        """After close() and drain: stop the scheduler and the compute thread."""
+        if self._scheduler:
+            self._scheduler.cancel()
+        self._compute.shutdown(wait=False)
 
-    def _take_batch(self) -> list[_Request]:
-        with self._changed:
-            wait_until = self._queue[0].enqueued + self.options.max_queue_delay_s
-            while (self._queued_images < self.options.max_batch_size and self._arriving
-                   and (remaining := wait_until - time.monotonic()) > 0):
-                self._changed.wait(remaining)
-            batch, images = [self._queue.popleft()], 0   # a request larger than max_batch_size runs alone
-            images = len(batch[0].images)
-            while self._queue and images + len(self._queue[0].images) <= self.options.max_batch_size:
-                batch.append(self._queue.popleft())
-                images += len(batch[-1].images)
-            self._queued_images -= images
-        return [r for r in batch if self._still_wanted(r)]
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    def _start_scheduler(self) -> None:
+        if self._scheduler is None:
+            self._changed = asyncio.Event()
+            self._scheduler = asyncio.get_running_loop().create_task(self._schedule(), name=f"batcher-{self.name}")
+
+    async def _schedule(self) -> None:
+        """Forever: wait for work, take a batch, run it on the compute thread."""
+        while True:
+            if not self._queue:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            try:
+                await self._wait_for_arrivals()
+                batch = self._take_batch()
+                if batch:
+                    await self._run(batch)
+            except Exception:   # never let the model's only scheduler die: later requests would hang
+                log.exception("%s: the batch scheduler failed; it goes on", self.name)
+
+    async def _wait_for_arrivals(self) -> None:
+        wait_until = min(r.enqueued for r in self._queue) + self.options.max_queue_delay_s
+        while (self._queued_images < self.options.max_batch_size and self._arriving
+               and (remaining := wait_until - time.monotonic()) > 0):
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                break
+
+    def _take_batch(self) -> list[tuple[_Request, int, int]]:
+        """(request, first row, stop row) slices with the smallest tags, at most max_run_images rows in all."""
+        batch, images, now = [], 0, time.monotonic()
+        while self._queue and images < self.options.run_images:
+            request = self._queue[0]
+            if request.future.done() or (not request.taken and self._expired(request, now)):
+                heapq.heappop(self._queue)           # the client went away, or the deadline passed, while queued
+                self._release(request, len(request.images) - request.taken)
+                continue
+            if not request.taken:
+                self._virtual_time = max(self._virtual_time, request.tag - len(request.images))
+            rows = min(len(request.images) - request.taken, self.options.run_images - images)
+            batch.append((request, request.taken, request.taken + rows))
+            request.taken += rows
+            images += rows
+            self._release(request, rows)
+            if request.taken == len(request.images):
+                heapq.heappop(self._queue)
+        return batch
 
     @staticmethod
-    def _still_wanted(request: _Request) -> bool:
-        if request.deadline is not None and time.monotonic() >= request.deadline:
-            request.finish(error=DeadlineExceeded("the deadline passed while the request was queued"))
-        elif not request.is_active():
-            request.finish(error=Cancelled("the client cancelled the request while it was queued"))
-        else:
+    def _expired(request: _Request, now: float) -> bool:
+        if request.deadline is not None and now >= request.deadline:
+            request.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))
             return True
         return False
 
-    def _run(self, batch: list[_Request]) -> None:
-        """Run one batch; any failure (ONNX Runtime's, or a missing output) fails this batch, not the model."""
-        if not batch:
-            return
+    def _release(self, request: _Request, rows: int) -> None:
+        self._queued_images -= rows
+        self._caller_images[request.caller] -= rows
+        if not self._caller_images[request.caller]:      # nothing of this caller is queued: forget it
+            del self._caller_images[request.caller]
+            del self._caller_tag[request.caller]
+
+    async def _run(self, batch: list[tuple[_Request, int, int]]) -> None:
+        """Run one batch; any failure (ONNX Runtime's, or a missing output) fails its requests, not the model."""
+        requests = [request for request, _, _ in batch]
         try:
-            outputs = [name for name in self.runtime.output_names if any(name in r.outputs for r in batch)]
-            images = batch[0].images if len(batch) == 1 else np.concatenate([r.images for r in batch])
+            outputs = [name for name in self.runtime.output_names if any(name in r.outputs for r in requests)]
+            slices = [request.images[first:stop] for request, first, stop in batch]
+            images = slices[0] if len(slices) == 1 else np.concatenate(slices)
             start = time.monotonic()
-            results = self.runtime.run(images, outputs)
+            results = await asyncio.get_running_loop().run_in_executor(self._compute, self.runtime.run, images, outputs)
             compute_s = time.monotonic() - start
             self.on_batch(len(images), compute_s)
-            finished, offset = [], 0
-            for request in batch:
-                rows = slice(offset, offset + len(request.images))
+            offset = 0
+            for request, first, stop in batch:
+                rows = slice(offset, offset + stop - first)
                 offset = rows.stop
-                finished.append(BatchResult({name: results[name][rows] for name in request.outputs},
-                                            queue_s=start - request.enqueued, compute_s=compute_s,
-                                            batch_size=len(images)))
+                request.parts.append({name: results[name][rows] for name in request.outputs})
+                request.started = request.started or start
+                request.compute_s += compute_s
+                request.batch_size = max(request.batch_size, len(images))
         except Exception as error:
             log.exception("%s: a batch of %d requests failed", self.name, len(batch))
-            for request in batch:
-                request.finish(error=error)
+            for request in requests:
+                if not request.future.done():
+                    request.future.set_exception(error)
             return
-        for request, result in zip(batch, finished):
-            request.finish(result)
+        for request, _, stop in batch:
+            if stop == len(request.images) and not request.future.done():
+                parts = request.parts
+                outputs = parts[0] if len(parts) == 1 else {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+                request.future.set_result(BatchResult(outputs, queue_s=request.started - request.enqueued,
+                                                      compute_s=request.compute_s, batch_size=request.batch_size))

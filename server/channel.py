@@ -61,9 +61,11 @@ def security_from(args: argparse.Namespace) -> ClientSecurity:
 
 
 def connect(target: str, max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
-            security: ClientSecurity | None = None) -> grpc.Channel:
-    """A channel with the same explicit message limits as the server, over TLS when `security` says so."""
-    options = message_limits(max_message_mb)
+            security: ClientSecurity | None = None, own_connection: bool = False) -> grpc.Channel:
+    """A channel with the same explicit message limits as the server, over TLS when `security` says so.
+    `own_connection`: do not share a TCP connection with this process's other channels to the same
+    target (grpcio shares them by default), so the server sees a separate caller."""
+    options = message_limits(max_message_mb) + ([("grpc.use_local_subchannel_pool", 1)] if own_connection else [])
     if security is not None and security.tls:
         return grpc.secure_channel(target, security.credentials(), options=options)
     return grpc.insecure_channel(target, options=options)

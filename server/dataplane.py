@@ -5,12 +5,17 @@ Adapters (`server/service.py` for cnnserve.v1, `server/kserve.py` for KServe v2 
 an `InferResult` back, and map `ServiceError.status` to their own codes. Everything else lives
 here once: model lookup, the checks and their messages, feature selection, the response-size
 budget, decoding, batching, softmax and top-k, metrics and statistics.
+
+It runs on the server's event loop. Raw pixels and small encoded images are checked and decoded
+on the loop (tens of microseconds); a request with more encoded bytes than `INLINE_DECODE_BYTES`
+is decoded on a small thread pool, so one costly image cannot stall everyone else's requests.
 """
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +29,8 @@ from server.model_store import ModelStore, ServedModel
 PER_IMAGE_OVERHEAD_BYTES = 64     # framing of one image's results in any protocol, beyond the payload
 PER_OUTPUT_OVERHEAD_BYTES = 64
 PER_PREDICTION_BYTES = 48
+INLINE_DECODE_BYTES = 64 * 1024   # encoded bytes a request may decode on the event loop itself
+DECODE_THREADS = 2                # requests decoding off the loop at once (each within its DecodeBudget)
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,7 @@ class InferRequest:
     top_k: int = 0                               # 0: no top-k; else 1..classes
     feature_itemsize: int = 4                    # bytes per feature value in the response (budget check)
     deadline: float | None = None                # a time.monotonic() value
-    is_active: Callable[[], bool] = lambda: True  # False once the client went away
+    caller: str = ""                             # who asks (a connection): the batcher's fair share is per caller
 
 
 @dataclass
@@ -76,20 +83,25 @@ class DataPlane:
         self.draining = False
         self.last_refused = 0.0            # time.monotonic() of the last request refused while draining
         self._in_flight = 0
-        self._idle = threading.Condition()
+        self._idle = asyncio.Event()
+        self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
 
-    def drain(self, timeout: float, quiet: float = 0.1) -> bool:
+    async def drain(self, timeout: float, quiet: float = 0.1) -> bool:
         """Refuse new requests (UNAVAILABLE, which clients retry elsewhere), wait for those in flight,
         then until no refusal for `quiet` seconds (clients have heard), within `timeout`; True when
         nothing is left in flight."""
         deadline = time.monotonic() + timeout
-        with self._idle:
-            self.draining = True
-            self.last_refused = time.monotonic()   # the quiet period starts no earlier than now
-            idle = self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+        self.draining = True
+        self.last_refused = time.monotonic()   # the quiet period starts no earlier than now
+        if self._in_flight:
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except TimeoutError:
+                pass
         while time.monotonic() - self.last_refused < quiet and time.monotonic() < deadline:
-            time.sleep(quiet / 4)
-        return idle
+            await asyncio.sleep(quiet / 4)
+        return self._in_flight == 0
 
     def ready(self) -> bool:
         return any(model.ready for model in self.store.models.values())
@@ -105,49 +117,56 @@ class DataPlane:
             raise NotFound(f"model {quote(name)} is not served; models: {', '.join(self.store.models) or 'none'}")
         return model
 
-    def infer(self, request: InferRequest) -> InferResult:
-        with self._idle:
-            if self.draining:
-                self.last_refused = time.monotonic()
-                raise Unavailable("the server is shutting down; retry on another replica")
-            self._in_flight += 1
+    async def infer(self, request: InferRequest) -> InferResult:
+        if self.draining:
+            self.last_refused = time.monotonic()
+            raise Unavailable("the server is shutting down; retry on another replica")
+        self._in_flight += 1
         try:
-            return self._counted_infer(request)
+            return await self._counted_infer(request)
         finally:
-            with self._idle:
-                self._in_flight -= 1
-                self._idle.notify_all()
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
 
-    def _counted_infer(self, request: InferRequest) -> InferResult:
+    async def _counted_infer(self, request: InferRequest) -> InferResult:
         start = time.perf_counter()
         label = request.model if request.model in self.store.models else "<unknown>"
         self.metrics.in_flight.labels(label).inc()
         status, result = "INTERNAL", None
         try:
-            result = self._infer(request, start)
+            result = await self._infer(request, start)
             status = "OK"
             return result
         except ServiceError as error:
             status = error.status
+            raise
+        except asyncio.CancelledError:
+            status = "CANCELLED"
             raise
         finally:
             self.metrics.in_flight.labels(label).dec()
             self.metrics.record(label, status, time.perf_counter() - start,
                                 *((result.outputs[LOGITS].shape[0], result.queue_s, result.compute_s) if result else ()))
 
-    def _infer(self, request: InferRequest, start: float) -> InferResult:
+    async def _infer(self, request: InferRequest, start: float) -> InferResult:
         model = self.model(request.model, request.version)
-        with model.batcher.arriving() as arrival:
-            labels = model.version.labels
-            top_k = check_top_k(request.top_k, len(labels)) if request.top_k else 0
-            features = requested_features(model, list(request.features))
-            n_images = len(request.batch) if request.batch is not None else len(request.images)
-            self.check_response_size(model, n_images, features, request.feature_itemsize, top_k)
-            limit, side = model.batcher.options.max_batch_size, model.version.input_side
-            pixels = (check_batch(request.batch, limit, side) if request.batch is not None
-                      else decode_images(request.images, limit, side))
-            decode_s = time.perf_counter() - start
-            result = model.batcher.infer(pixels, [LOGITS, *features], request.deadline, request.is_active, arrival)
+        labels = model.version.labels
+        top_k = check_top_k(request.top_k, len(labels)) if request.top_k else 0
+        features = requested_features(model, list(request.features))
+        n_images = len(request.batch) if request.batch is not None else len(request.images)
+        self.check_response_size(model, n_images, features, request.feature_itemsize, top_k)
+        limit, side = model.batcher.options.max_batch_size, model.version.input_side
+        if request.batch is not None:
+            pixels = check_batch(request.batch, limit, side)
+        elif sum(len(i.data) for i in request.images if isinstance(i, EncodedImage)) <= INLINE_DECODE_BYTES:
+            pixels = decode_images(request.images, limit, side)
+        else:
+            with model.batcher.arriving():
+                pixels = await asyncio.get_running_loop().run_in_executor(
+                    self._decoder, decode_images, request.images, limit, side)
+        decode_s = time.perf_counter() - start
+        result = await model.batcher.infer(pixels, [LOGITS, *features], request.deadline, request.caller)
         logits = result.outputs[LOGITS]
         top_indices = top_probabilities = None
         if top_k:

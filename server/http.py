@@ -1,31 +1,35 @@
 """KServe v2 / Open Inference Protocol over HTTP/REST (`--http-port`), on the same data plane.
 
-Starlette routes served by uvicorn in a thread of the server process, so HTTP and gRPC share the
-models, the batchers and the metrics. JSON tensors and the binary-data extension (a JSON header of
+Starlette routes served by uvicorn on the server's event loop, beside the gRPC server, so HTTP
+and gRPC share the models, the batchers and the metrics. JSON tensors and the binary-data extension (a JSON header of
 `Inference-Header-Content-Length` bytes, then raw tensor bytes) both work, so `tritonclient.http`
 and `curl` are both clients. Errors are `{"error": "..."}` with the HTTP status of `STATUS`.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import logging
 import socket
 import ssl
-import threading
+import struct
+import time
 
 import numpy as np
 import uvicorn
 from google.protobuf import json_format
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cnnserve.spec import INPUT_NAME, LOGITS
-from server.dataplane import DataPlane, InferRequest
+from server.dataplane import INLINE_DECODE_BYTES, DataPlane, InferRequest, InferResult
 from server.errors import InvalidArgument, ResourceExhausted, ServiceError
+from server.explorer import explorer_routes
+from server.images import DecodeBudget, decode_encoded
 from server.kserve import (
     EXTENSIONS,
     PLATFORM,
@@ -49,6 +53,10 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 # A JSON part costs ~30 bytes of Python objects per number once parsed; 64 images as JSON numbers
 # are about 200 kB, so JSON beyond this is refused before parsing (binary tensors have no such cost).
 MAX_JSON_BYTES = 4 * 2**20
+# HTTP-only extensions (the explorer page uses them; README "Feature-map explorer"): PNG/JPEG files as a
+# BYTES input that the server fits to the model, the fitted pixels back as an output, float16 feature maps.
+ENCODED_INPUT = "image_encoded"
+FEATURE_DATATYPES = {"FP32": "<f4", "FP16": "<f2"}
 
 
 def error_response(error: ServiceError) -> JSONResponse:
@@ -90,7 +98,7 @@ class KServeHttp:
                        Route(path + "/config", endpoint(self.model_config)),
                        Route(path + "/stats", endpoint(self.model_stats)),
                        Route(path + "/infer", endpoint(self.infer), methods=["POST"])]
-        self.app = Starlette(routes=routes)
+        self.app = Starlette(routes=routes + explorer_routes())   # the page and its files need no token
 
     def model(self, request: Request):
         return self.dataplane.model(request.path_params["name"], parse_version(request.path_params.get("version", "")))
@@ -110,7 +118,18 @@ class KServeHttp:
         inputs, outputs = tensor_metadata(model)
         tensors = lambda items: [{"name": n, "datatype": d, "shape": s} for n, d, s in items]
         return JSONResponse({"name": model.name, "versions": [str(model.version.version)], "platform": PLATFORM,
-                             "inputs": tensors(inputs), "outputs": tensors(outputs)})
+                             "inputs": tensors(inputs), "outputs": tensors(outputs),
+                             "parameters": self.model_parameters(model)})
+
+    def model_parameters(self, model) -> dict:
+        """What a client cannot learn from the tensors: where it runs, whether its answers mean anything, and
+        how large a response may be (HTTP only; the gRPC ModelMetadata message has no such field)."""
+        meta = model.version.metadata
+        parameters = {"provider": model.runtime.provider, "trained": bool(meta["trained"]),
+                      "max_response_bytes": self.dataplane.max_response_bytes}
+        if meta.get("test_acc") is not None:
+            parameters["test_acc"] = meta["test_acc"]
+        return parameters
 
     async def model_ready(self, request: Request) -> Response:
         self.model(request)                   # NotFound / Unavailable with the reason when not ready
@@ -143,21 +162,28 @@ class KServeHttp:
         model = self.model(request)
         inputs = header.get("inputs")
         if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-            raise InvalidArgument(f"inputs must be a list of one tensor, {INPUT_NAME!r}")
-        batch = input_tensor(inputs[0], binary)
+            raise InvalidArgument(f"inputs must be a list of one tensor, {INPUT_NAME!r} or {ENCODED_INPUT!r}")
+        fit_started = time.perf_counter()
+        batch = await model_input(inputs[0], binary, model)
+        fit_s = time.perf_counter() - fit_started
         requested = requested_outputs(header.get("outputs"))
-        features, classification = selected_outputs(model, [(n, k) for n, k, _ in requested])
+        features, classification = selected_outputs(model, [(n, k) for n, k, _, _ in requested if n != INPUT_NAME or k])
         for k in classification.values():
             check_classification(k, len(model.version.labels))
-        result = await run_in_threadpool(self.dataplane.infer, InferRequest(
-            model=model.name, version=model.version.version, batch=batch, features=features))
+        result = await self.dataplane.infer(InferRequest(
+            model=model.name, version=model.version.version, batch=batch, features=features,
+            feature_itemsize=feature_itemsize(requested, features),
+            caller=f"http:{request.client.host}:{request.client.port}" if request.client else "http"))
         outputs, blobs = [], []
-        for name, k, as_binary in requested:
+        for name, k, as_binary, datatype in requested:
             if k:
                 values, datatype = classification_strings(result, k), "BYTES"
                 raw = serialize_bytes(values)
+            elif name == INPUT_NAME:              # the pixels the model received (fitted, for image_encoded)
+                values, datatype = batch.reshape(len(batch), 1, *batch.shape[-2:]), "UINT8"
+                raw = values.tobytes()
             else:
-                values, datatype = result.outputs[name].astype("<f4", copy=False), "FP32"
+                values = result.outputs[name].astype(FEATURE_DATATYPES[datatype], copy=False)
                 raw = values.tobytes()
             tensor = {"name": name, "datatype": datatype, "shape": list(values.shape)}
             if as_binary:
@@ -166,7 +192,8 @@ class KServeHttp:
             else:
                 tensor["data"] = values.reshape(-1).tolist()
             outputs.append(tensor)
-        response = {"model_name": result.model, "model_version": str(result.version), "outputs": outputs}
+        response = {"model_name": result.model, "model_version": str(result.version), "outputs": outputs,
+                    "parameters": timing_parameters(result, fit_s)}
         if "id" in header:
             response["id"] = str(header["id"])[:100]
         text = json.dumps(response).encode()
@@ -214,10 +241,61 @@ def input_tensor(tensor: dict, binary: bytes) -> np.ndarray:
     return image_batch(str(tensor.get("name"))[:200], str(datatype), shape, None, values)
 
 
-def requested_outputs(outputs) -> list[tuple[str, int, bool]]:
-    """(name, classification count or 0, binary) per requested output; none requested: the logits, as JSON."""
+async def model_input(tensor: dict, binary: bytes, model) -> np.ndarray:
+    """The `image` pixels as sent, or the `image_encoded` PNG/JPEG files fitted to the model's input here, the
+    way cnnserve.v1 fits encoded images (server/images.py), so a browser can send a file as it is and be
+    shown what the model saw. Many encoded bytes are fitted off the event loop, as the data plane does."""
+    if tensor.get("name") != ENCODED_INPUT:
+        return input_tensor(tensor, binary)
+    files = encoded_files(tensor, binary, model.batcher.options.max_batch_size)
+    side = model.version.input_side
+    if sum(map(len, files)) <= INLINE_DECODE_BYTES:
+        return fit_encoded(files, side)
+    return await asyncio.to_thread(fit_encoded, files, side)
+
+
+def encoded_files(tensor: dict, binary: bytes, max_files: int) -> list[bytes]:
+    """The elements of a BYTES tensor sent as binary data: each a 4-byte little-endian length, then the file."""
+    shape, size = tensor.get("shape"), (tensor.get("parameters") or {}).get("binary_data_size")
+    if tensor.get("datatype") != "BYTES" or not isinstance(shape, list) or len(shape) != 1 or \
+            not isinstance(shape[0], int) or not 1 <= shape[0] <= max_files:
+        raise InvalidArgument(f"input {ENCODED_INPUT!r} must be datatype BYTES, shape [N], 1 <= N <= {max_files}")
+    if size is None or size != len(binary):
+        raise InvalidArgument(f"input {ENCODED_INPUT!r} must be sent as binary data: binary_data_size equal to the "
+                              f"{len(binary):,} bytes after the JSON header")
+    files, offset = [], 0
+    while offset + 4 <= len(binary) and len(files) < shape[0]:
+        (length,) = struct.unpack_from("<I", binary, offset)
+        files.append(binary[offset + 4: offset + 4 + length])
+        offset += 4 + length
+    if len(files) != shape[0] or offset != len(binary):
+        raise InvalidArgument(f"input {ENCODED_INPUT!r}: the binary data does not hold {shape[0]} length-prefixed "
+                              f"files and nothing else")
+    return files
+
+
+def fit_encoded(files: list[bytes], side: int) -> np.ndarray:
+    budget = DecodeBudget()
+    return np.stack([decode_encoded(data, f"input {ENCODED_INPUT!r}[{i}]", side, budget)
+                     for i, data in enumerate(files)])[:, None]
+
+
+def feature_itemsize(requested: list[tuple[str, int, bool, str]], features: list[str]) -> int:
+    """Bytes per value of the largest feature map datatype asked for, for the data plane's response-size check."""
+    return max((np.dtype(FEATURE_DATATYPES[d]).itemsize for n, _, _, d in requested if n in features), default=4)
+
+
+def timing_parameters(result: InferResult, fit_s: float) -> dict:
+    """Where the time went, as response parameters: decoding (with fitting), waiting for a batch, ONNX Runtime."""
+    return {"decode_ms": round((fit_s + result.decode_s) * 1e3, 3), "queue_ms": round(result.queue_s * 1e3, 3),
+            "compute_ms": round(result.compute_s * 1e3, 3), "batch_size": result.batch_size}
+
+
+def requested_outputs(outputs) -> list[tuple[str, int, bool, str]]:
+    """(name, classification count or 0, binary, FP32 or FP16) per requested output; none requested: the logits,
+    as JSON. `image` is the model's input as it received it."""
     if outputs is None:
-        return [(LOGITS, 0, False)]
+        return [(LOGITS, 0, False, "FP32")]
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise InvalidArgument("outputs must be a list of {\"name\": ...} objects")
     requested = []
@@ -226,12 +304,23 @@ def requested_outputs(outputs) -> list[tuple[str, int, bool]]:
         k = parameters.get("classification", 0)
         if not isinstance(k, int):
             raise InvalidArgument("the classification parameter must be an integer")
-        requested.append((str(output.get("name"))[:200], k, bool(parameters.get("binary_data", False))))
+        datatype = parameters.get("datatype", "FP32")
+        if not isinstance(datatype, str) or datatype not in FEATURE_DATATYPES:
+            raise InvalidArgument(f"the datatype parameter must be one of {', '.join(FEATURE_DATATYPES)}")
+        requested.append((str(output.get("name"))[:200], k, bool(parameters.get("binary_data", False)), datatype))
     return requested
 
 
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn inside the cnnserve process, which owns SIGTERM and SIGINT (it drains before stopping)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
 class HttpFront:
-    """uvicorn on its own thread, bound before the models load so a busy port fails at once."""
+    """uvicorn on the server's event loop, its socket bound before the models load so a busy port fails at once."""
 
     def __init__(self, dataplane: DataPlane, host: str, port: int, max_body_bytes: int, security: SecurityOptions):
         try:
@@ -248,13 +337,14 @@ class HttpFront:
         config = uvicorn.Config(KServeHttp(dataplane, max_body_bytes, security).app, log_level="warning",
                                 access_log=False, timeout_keep_alive=30, limit_concurrency=1024,
                                 timeout_graceful_shutdown=10, **tls)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, name="http",
-                                       daemon=True)
+        self.server = EmbeddedServer(config)
+        self.task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self.thread.start()
+        """Start serving on the running loop."""
+        self.task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[self.socket]), name="http")
 
-    def stop(self, timeout: float) -> None:
+    async def stop(self, timeout: float) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.task), timeout)

@@ -140,26 +140,26 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.dataplane = dataplane
 
     @grpc_errors
-    def ServerLive(self, request, context):
+    async def ServerLive(self, request, context):
         return kpb.ServerLiveResponse(live=True)
 
     @grpc_errors
-    def ServerReady(self, request, context):
+    async def ServerReady(self, request, context):
         return kpb.ServerReadyResponse(ready=self.dataplane.ready())
 
     @grpc_errors
-    def ModelReady(self, request, context):
+    async def ModelReady(self, request, context):
         model = self.dataplane.store.models.get(request.name)
         version = parse_version(request.version)
         ready = bool(model and model.ready and version in (0, model.version.version))
         return kpb.ModelReadyResponse(ready=ready)
 
     @grpc_errors
-    def ServerMetadata(self, request, context):
+    async def ServerMetadata(self, request, context):
         return kpb.ServerMetadataResponse(name="cnnserve", version=server_version(), extensions=EXTENSIONS)
 
     @grpc_errors
-    def ModelMetadata(self, request, context):
+    async def ModelMetadata(self, request, context):
         model = self.dataplane.model(request.name, parse_version(request.version))
         inputs, outputs = tensor_metadata(model)
         tensor = kpb.ModelMetadataResponse.TensorMetadata
@@ -169,23 +169,23 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
             outputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in outputs])
 
     @grpc_errors
-    def ModelConfig(self, request, context):
+    async def ModelConfig(self, request, context):
         model = self.dataplane.model(request.name, parse_version(request.version))
         return kpb.ModelConfigResponse(config=model.version.config)
 
     @grpc_errors
-    def RepositoryIndex(self, request, context):
+    async def RepositoryIndex(self, request, context):
         return json_format.ParseDict({"models": repository_index(self.dataplane, request.ready)},
                                      kpb.RepositoryIndexResponse())
 
     @grpc_errors
-    def ModelStatistics(self, request, context):
+    async def ModelStatistics(self, request, context):
         names = [request.name] if request.name else list(self.dataplane.store.models)
         return json_format.ParseDict({"model_stats": [model_statistics(self.dataplane, n) for n in names]},
                                      kpb.ModelStatisticsResponse())
 
     @grpc_errors
-    def ModelInfer(self, request: kpb.ModelInferRequest, context) -> kpb.ModelInferResponse:
+    async def ModelInfer(self, request: kpb.ModelInferRequest, context) -> kpb.ModelInferResponse:
         if len(request.inputs) != 1:
             raise InvalidArgument(f"the request has {len(request.inputs)} inputs; send one, {INPUT_NAME!r}")
         if request.raw_input_contents and len(request.raw_input_contents) != 1:
@@ -200,9 +200,9 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
         features, classification = selected_outputs(model, requested)
         for k in classification.values():
             check_classification(k, len(model.version.labels))
-        result = self.dataplane.infer(InferRequest(model=model.name, version=model.version.version, batch=batch,
-                                                   features=features, deadline=deadline_of(context),
-                                                   is_active=context.is_active))
+        result = await self.dataplane.infer(InferRequest(model=model.name, version=model.version.version, batch=batch,
+                                                         features=features, deadline=deadline_of(context),
+                                                         caller=context.peer()))
         response = kpb.ModelInferResponse(model_name=result.model, model_version=str(result.version), id=request.id)
         for name, _ in requested:
             if name in classification:

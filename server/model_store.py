@@ -6,10 +6,10 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from server.batcher import QUEUED_BATCHES, Batcher, BatchingOptions
+from server.batcher import CALLER_BATCHES, QUEUED_BATCHES, Batcher, BatchingOptions
 from server.errors import NotFound, Unavailable, quote
 from server.metrics import Metrics
-from server.repository import ModelVersion, RepositoryError, list_model_dirs, load_version
+from server.repository import ModelVersion, RepositoryError, list_model_dirs, load_version, max_run_images
 from server.runtime import ModelRuntime, RuntimeOptions
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,9 @@ class ModelStore:
         model.version, model.runtime = version, runtime
         model.batcher = Batcher(model.name, runtime, options, self.metrics.batch_observer(model.name))
         log.info("model %s v%d loaded on %s (%s, sha256 %s…), warmed up in %.2f s; batching up to %d images, "
-                 "%.1f ms delay", model.name, version.version, runtime.provider,
+                 "%.1f ms delay, %d per run", model.name, version.version, runtime.provider,
                  "trained" if version.metadata["trained"] else "UNTRAINED", version.metadata["sha256"][:12],
-                 warmup_s, options.max_batch_size, options.max_queue_delay_s * 1e3)
+                 warmup_s, options.max_batch_size, options.max_queue_delay_s * 1e3, options.run_images)
         if not version.metadata["trained"]:
             log.warning("model %s v%d is UNTRAINED (random weights): its answers are chance; ModelInfo.trained "
                         "is false", model.name, version.version)
@@ -88,7 +88,8 @@ class ModelStore:
         delay_us = version.config.dynamic_batching.max_queue_delay_microseconds
         max_batch = version.config.max_batch_size or BatchingOptions.max_batch_size
         options = BatchingOptions(max_batch_size=max_batch, max_queue_delay_s=delay_us / 1e6,
-                                  max_queue_images=QUEUED_BATCHES * max_batch)
+                                  max_queue_images=QUEUED_BATCHES * max_batch, max_caller_images=CALLER_BATCHES * max_batch,
+                                  max_run_images=max_run_images(version.config))
         return replace(options, **self.batching_overrides)
 
     def get(self, name: str, version: int = 0) -> ServedModel:
@@ -105,6 +106,7 @@ class ModelStore:
         for model in self.models.values():
             if model.batcher:
                 model.batcher.close()
+                model.batcher.shutdown()
 
 
 def check_graph(version: ModelVersion, runtime: ModelRuntime) -> None:

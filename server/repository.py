@@ -91,6 +91,9 @@ MAX_BATCH_SIZE = 4096                    # what an exported graph's dynamic batc
 MAX_QUEUE_DELAY_US = 1_000_000
 
 
+RUN_IMAGES_PARAMETER = "max_run_images"
+
+
 def check_config(config: mc.ModelConfig, where: str) -> None:
     if not 1 <= config.max_batch_size <= MAX_BATCH_SIZE:
         raise RepositoryError(f"{where}: max_batch_size {config.max_batch_size} must be in 1..{MAX_BATCH_SIZE}")
@@ -98,6 +101,18 @@ def check_config(config: mc.ModelConfig, where: str) -> None:
     if not 0 <= delay <= MAX_QUEUE_DELAY_US:
         raise RepositoryError(f"{where}: dynamic_batching.max_queue_delay_microseconds {delay} must be in "
                               f"0..{MAX_QUEUE_DELAY_US}")
+    max_run_images(config, where)
+
+
+def max_run_images(config: mc.ModelConfig, where: str = "config.pbtxt") -> int:
+    """The cnnserve parameter `max_run_images` (images per ONNX Runtime run, see server/batcher.py); 0 when absent."""
+    if RUN_IMAGES_PARAMETER not in config.parameters:
+        return 0
+    text = config.parameters[RUN_IMAGES_PARAMETER].string_value
+    if not text.isdigit() or not 1 <= int(text) <= config.max_batch_size:
+        raise RepositoryError(f"{where}: parameters {RUN_IMAGES_PARAMETER!r} {text[:20]!r} must be an integer in "
+                              f"1..max_batch_size ({config.max_batch_size})")
+    return int(text)
 
 
 def check_metadata(metadata: object, where: str) -> None:

@@ -68,28 +68,28 @@ def token_matches(header: str | None, token: bytes) -> bool:
     return hmac.compare_digest((header or "").encode(errors="replace"), b"Bearer " + token)
 
 
-class TokenInterceptor(grpc.ServerInterceptor):
+class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Every gRPC method needs the bearer token, except those of the services left open."""
 
     def __init__(self, token: bytes, open_services: tuple[str, ...]):
         self.token = token
         self.open_prefixes = tuple(OPENABLE[name] for name in open_services)
 
-    def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         service = details.method.lstrip("/").split("/")[0]
         if service.startswith(self.open_prefixes):
-            return continuation(details)
+            return await continuation(details)
         header = dict(details.invocation_metadata or ()).get("authorization")
         if token_matches(header, self.token):
-            return continuation(details)
-        handler = continuation(details)
+            return await continuation(details)
+        handler = await continuation(details)
         return None if handler is None else refusing(handler)
 
 
 def refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
-    def deny(request_or_iterator, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (authorization metadata)")
+    async def deny(request_or_iterator, context: grpc.aio.ServicerContext):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (authorization metadata)")
     kind = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
             (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
     return kind[(handler.request_streaming, handler.response_streaming)](

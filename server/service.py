@@ -2,6 +2,7 @@
 
 It converts protobuf to `InferRequest`s and `InferResult`s back, and maps `ServiceError`s to
 status codes. Every refused request leaves one log line; clients never see a stack trace.
+Handlers are coroutines on the server's event loop (`grpc.aio`), so a waiting call holds no thread.
 """
 from __future__ import annotations
 
@@ -30,20 +31,20 @@ def grpc_errors(method):
     """Turn ServiceErrors into gRPC statuses, and anything unexpected into INTERNAL with a logged trace."""
 
     @functools.wraps(method)
-    def wrapper(self, request, context):
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
         try:
-            return method(self, request, context)
+            return await method(self, request, context)
         except ServiceError as error:
             log.warning("%s refused (%s): %s", method.__name__, error.status, error.message)
-            context.abort(grpc.StatusCode[error.status], error.message)
+            await context.abort(grpc.StatusCode[error.status], error.message)
         except Exception:  # the RPC boundary: log the trace here, send the client a status
             log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal server error; the server log has the details")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error; the server log has the details")
 
     return wrapper
 
 
-def add_servicer(server: grpc.Server, servicer, service: ServiceDescriptor) -> None:
+def add_servicer(server: grpc.aio.Server, servicer, service: ServiceDescriptor) -> None:
     """Register the unary methods of `servicer`, parsing request bytes here rather than in grpcio: bytes
     that are not a valid message are the client's mistake (INVALID_ARGUMENT, one log line), where
     grpcio answers INTERNAL "Exception deserializing request!" and logs a traceback. Streaming
@@ -61,18 +62,18 @@ def add_servicer(server: grpc.Server, servicer, service: ServiceDescriptor) -> N
 
 
 def parsing(method, request_class, name: str):
-    def handle(raw: bytes, context: grpc.ServicerContext):
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext):
         try:
             request = request_class.FromString(raw)
         except DecodeError:
             message = f"the request ({len(raw):,} bytes) is not a valid {request_class.DESCRIPTOR.full_name} message"
             log.warning("%s refused (INVALID_ARGUMENT): %s", name, message)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-        return method(request, context)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        return await method(request, context)
     return handle
 
 
-def deadline_of(context: grpc.ServicerContext) -> float | None:
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
 
@@ -91,14 +92,14 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
         self.dataplane = dataplane
 
     @grpc_errors
-    def Classify(self, request: pb.ClassifyRequest, context: grpc.ServicerContext) -> pb.ClassifyResponse:
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         dtype = ENCODINGS.get(request.feature_encoding)
         if dtype is None:
             raise InvalidArgument(f"feature_encoding {request.feature_encoding} is not one of {list(ENCODINGS)}")
-        result = self.dataplane.infer(InferRequest(
+        result = await self.dataplane.infer(InferRequest(
             model=request.model, version=request.version, top_k=request.top_k or 1, features=list(request.features),
             images=[image_input(image) for image in request.images], feature_itemsize=dtype.itemsize,
-            deadline=deadline_of(context), is_active=context.is_active))
+            deadline=deadline_of(context), caller=context.peer()))
         response = pb.ClassifyResponse(model=result.model, version=result.version, timings=pb.Timings(
             decode_ms=result.decode_s * 1e3, queue_ms=result.queue_s * 1e3, compute_ms=result.compute_s * 1e3,
             batch_size=result.batch_size))
@@ -115,11 +116,11 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
         return response
 
     @grpc_errors
-    def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[model_info(m) for m in self.dataplane.store.models.values()])
 
     @grpc_errors
-    def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelInfo:
+    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelInfo:
         return model_info(self.dataplane.described(request.name))
 
 

@@ -1,8 +1,10 @@
 """The batcher alone, over a fake runtime: no server, no sockets, no ONNX Runtime.
 
 The fake returns, for each image, its first pixel as the logit row, so a request can check it
-got its own rows back; `gate` holds a run open so that later requests queue behind it.
+got its own rows back; `gate` holds a run open (on the compute thread) so that later requests
+queue behind it. Each test is one asyncio.run, as the server's event loop would run it.
 """
+import asyncio
 import threading
 import time
 
@@ -10,26 +12,25 @@ import numpy as np
 import pytest
 
 from server.batcher import Batcher, BatchingOptions
-from server.errors import Cancelled, DeadlineExceeded, ResourceExhausted
+from server.errors import DeadlineExceeded, ResourceExhausted
 
 
 class FakeRuntime:
     output_names = ["logits", "fc1"]
 
     def __init__(self):
-        self.batches: list[int] = []
+        self.batches: list[list[int]] = []      # the first pixel of each image, per run
         self.gate = threading.Event()
         self.gate.set()
         self.running = threading.Event()
-        self.fail_next: Exception | None = None
+        self.failure: Exception | None = None    # raised by any run that holds an image of value 2
 
     def run(self, images, outputs):
         self.running.set()
         self.gate.wait(5)
-        self.batches.append(len(images))
-        if self.fail_next:
-            error, self.fail_next = self.fail_next, None
-            raise error
+        self.batches.append(images[:, 0, 0, 0].tolist())
+        if self.failure and (images[:, 0, 0, 0] == 2).any():
+            raise self.failure
         first = images[:, 0, 0, 0].astype(np.float32)
         return {name: np.repeat(first[:, None], 10, axis=1) for name in outputs}
 
@@ -43,111 +44,158 @@ def fake():
     return FakeRuntime()
 
 
-def start(fn, *args, **kwargs):
-    """Run fn in a thread; the returned dict gets 'result' or 'error'."""
-    outcome = {}
-
-    def target():
-        try:
-            outcome["result"] = fn(*args, **kwargs)
-        except Exception as error:
-            outcome["error"] = error
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    outcome["thread"] = thread
-    return outcome
-
-
-def hold_first_run(batcher, fake):
-    """Start a request whose run blocks until fake.gate is set; return its outcome."""
+async def hold_first_run(batcher: Batcher, fake: FakeRuntime) -> asyncio.Task:
+    """Start a request whose run blocks on the compute thread until fake.gate is set."""
     fake.gate.clear()
-    first = start(batcher.infer, images(1), ["logits"])
-    assert fake.running.wait(5)
+    first = asyncio.create_task(batcher.infer(images(1), ["logits"], caller="first"))
+    while not fake.running.is_set():
+        await asyncio.sleep(0.001)
     return first
 
 
-def wait_queued(batcher, n):
-    deadline = time.monotonic() + 5
-    while len(batcher._queue) < n:
-        assert time.monotonic() < deadline, "requests did not queue"
-        time.sleep(0.001)
+async def queue(batcher: Batcher, *requests) -> list[asyncio.Task]:
+    """Queue (value, n_images, caller) requests in this order; return their tasks."""
+    tasks, already = [], batcher.queued
+    for value, n, caller in requests:
+        tasks.append(asyncio.create_task(batcher.infer(images(value, n), ["logits", "fc1"], caller=caller)))
+        while batcher.queued < already + len(tasks):
+            await asyncio.sleep(0)
+    return tasks
+
+
+def release(fake: FakeRuntime) -> None:
+    fake.gate.set()
 
 
 def test_a_lone_request_runs_at_once_and_gets_its_rows(fake):
-    result = Batcher("m", fake, BatchingOptions()).infer(images(7, 3), ["logits"])
+    async def main():
+        return await Batcher("m", fake, BatchingOptions()).infer(images(7, 3), ["logits"])
+    result = asyncio.run(main())
     assert result.batch_size == 3 and result.outputs["logits"].shape == (3, 10)
     assert (result.outputs["logits"] == 7).all() and list(result.outputs) == ["logits"]
 
 
-def test_queued_requests_merge_in_order_up_to_max_batch_size(fake):
-    batcher = Batcher("m", fake, BatchingOptions(max_batch_size=4, max_queue_delay_s=0))
-    first = hold_first_run(batcher, fake)
-    waiting = []
-    for value in range(10, 15):           # five 1-image requests queue while the first runs
-        waiting.append(start(batcher.infer, images(value), ["logits", "fc1"]))
-        wait_queued(batcher, len(waiting))
-    fake.gate.set()
-    for outcome in [first, *waiting]:
-        outcome["thread"].join(5)
-    assert fake.batches == [1, 4, 1]
-    for value, outcome in zip(range(10, 15), waiting):
-        assert (outcome["result"].outputs["logits"] == value).all() and set(outcome["result"].outputs) == {"logits", "fc1"}
-    assert [o["result"].batch_size for o in waiting] == [4, 4, 4, 4, 1]
+def test_queued_requests_merge_in_arrival_order_up_to_max_batch_size(fake):
+    async def main():
+        batcher = Batcher("m", fake, BatchingOptions(max_batch_size=4, max_queue_delay_s=0))
+        first = await hold_first_run(batcher, fake)
+        waiting = await queue(batcher, *[(value, 1, f"caller{value}") for value in range(10, 15)])
+        release(fake)
+        return await first, await asyncio.gather(*waiting)
+    first, results = asyncio.run(main())
+    assert fake.batches == [[1], [10, 11, 12, 13], [14]]
+    for value, result in zip(range(10, 15), results):
+        assert (result.outputs["logits"] == value).all() and set(result.outputs) == {"logits", "fc1"}
+    assert [r.batch_size for r in results] == [4, 4, 4, 4, 1]
 
 
-def test_a_full_queue_refuses_at_once(fake):
-    batcher = Batcher("m", fake, BatchingOptions(max_queue_images=3))
-    first = hold_first_run(batcher, fake)
-    queued = start(batcher.infer, images(2, 2), ["logits"])
-    wait_queued(batcher, 1)
-    with pytest.raises(ResourceExhausted, match="limit is 3"):
-        batcher.infer(images(3, 2), ["logits"])
-    fake.gate.set()
-    first["thread"].join(5), queued["thread"].join(5)
-    assert "result" in queued
+def test_a_caller_with_little_queued_overtakes_a_flood(fake):
+    """Start-time fair queuing: one 1-image request runs before a flood caller's queued 4-image requests."""
+    async def main():
+        batcher = Batcher("m", fake, BatchingOptions(max_batch_size=4, max_queue_delay_s=0, max_caller_images=16))
+        first = await hold_first_run(batcher, fake)
+        flood = await queue(batcher, *[(value, 4, "flood") for value in (20, 21, 22, 23)])
+        polite = await queue(batcher, (99, 1, "polite"))
+        release(fake)
+        results = await asyncio.gather(first, *flood, *polite)
+        assert all((r.outputs["logits"] == v).all() for r, v in zip(results[1:], (20, 21, 22, 23, 99)))
+        assert [r.batch_size for r in results[1:]] == [4, 4, 4, 4, 4]
+    asyncio.run(main())
+    # the polite image runs next, the runs filled with slices of the flood's requests
+    assert fake.batches == [[1], [99, 20, 20, 20], [20, 21, 21, 21], [21, 22, 22, 22], [22, 23, 23, 23], [23]]
+
+
+def test_a_run_never_exceeds_max_run_images_and_sliced_requests_get_all_their_rows(fake):
+    async def main():
+        batcher = Batcher("m", fake, BatchingOptions(max_batch_size=8, max_run_images=3, max_queue_delay_s=0))
+        first = await hold_first_run(batcher, fake)
+        big, small = await queue(batcher, (5, 8, "a"), (6, 2, "b"))
+        release(fake)
+        await first
+        return await big, await small
+    big, small = asyncio.run(main())
+    assert [len(run) for run in fake.batches] == [1, 3, 3, 3, 1]
+    assert big.outputs["logits"].shape == (8, 10) and (big.outputs["logits"] == 5).all()
+    assert small.outputs["logits"].shape == (2, 10) and (small.outputs["logits"] == 6).all()
+
+
+def test_a_full_queue_and_a_full_caller_share_refuse_at_once(fake):
+    async def main():
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_images=6, max_caller_images=3))
+        first = await hold_first_run(batcher, fake)
+        queued = await queue(batcher, (2, 2, "a"), (3, 2, "b"))
+        with pytest.raises(ResourceExhausted, match="one caller's share is 3"):
+            await batcher.infer(images(4, 2), ["logits"], caller="a")
+        queued += await queue(batcher, (5, 1, "a"))         # within the share and the queue
+        with pytest.raises(ResourceExhausted, match="limit is 6"):
+            await batcher.infer(images(5, 2), ["logits"], caller="b")
+        queued += await queue(batcher, (6, 2, "newcomer"))  # a caller with nothing queued is admitted
+        release(fake)
+        await asyncio.gather(first, *queued)
+        assert batcher.queued == 0 and not batcher._caller_images and not batcher._caller_tag
+    asyncio.run(main())
 
 
 def test_expired_and_cancelled_requests_are_dropped_before_compute(fake):
-    batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0))
-    first = hold_first_run(batcher, fake)
-    expired = start(batcher.infer, images(2), ["logits"], deadline=time.monotonic() + 0.01)
-    wait_queued(batcher, 1)
-    cancelled = start(batcher.infer, images(3), ["logits"], is_active=lambda: False)
-    wait_queued(batcher, 2)
-    time.sleep(0.02)
-    fake.gate.set()
-    for outcome in (first, expired, cancelled):
-        outcome["thread"].join(5)
-    assert isinstance(expired["error"], DeadlineExceeded) and isinstance(cancelled["error"], Cancelled)
-    assert fake.batches == [1], "neither reached the runtime"
+    async def main():
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0))
+        first = await hold_first_run(batcher, fake)
+        expired = asyncio.create_task(batcher.infer(images(2), ["logits"], deadline=time.monotonic() + 0.01))
+        cancelled, = await queue(batcher, (3, 1, "gone"))
+        cancelled.cancel()                     # what grpc.aio does when the client goes away
+        await asyncio.sleep(0.02)
+        release(fake)
+        await first
+        with pytest.raises(DeadlineExceeded):
+            await expired
+        assert cancelled.cancelled()
+    asyncio.run(main())
+    assert fake.batches == [[1]], "neither reached the runtime"
 
 
 @pytest.mark.parametrize("failure", [RuntimeError("onnxruntime failed"), KeyError("an output the graph lacks")])
 def test_an_exception_fails_exactly_its_batch_and_the_next_request_runs(fake, failure):
-    batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0))
-    first = hold_first_run(batcher, fake)
-    doomed = [start(batcher.infer, images(v), ["logits"]) for v in (2, 3)]
-    wait_queued(batcher, 2)
-    fake.fail_next = None
-    fake.gate.set()
-    first["thread"].join(5)
-    for outcome in doomed:
-        outcome["thread"].join(5)
-    # now a failing batch, then a healthy request on the same batcher
-    fake.fail_next = failure
-    with pytest.raises(type(failure)):
-        batcher.infer(images(4), ["logits"])
-    assert (batcher.infer(images(5), ["logits"]).outputs["logits"] == 5).all()
-    assert not batcher._leading and not batcher._queue
+    async def main():
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0))
+        fake.failure = failure
+        first = await hold_first_run(batcher, fake)
+        doomed = await queue(batcher, (2, 1, "a"), (3, 1, "b"))
+        release(fake)
+        await first
+        for task in doomed:
+            with pytest.raises(type(failure)):
+                await task
+        result = await batcher.infer(images(5), ["logits"])
+        assert (result.outputs["logits"] == 5).all() and batcher.queued == 0
+    asyncio.run(main())
 
 
 def test_missing_output_in_the_runtime_result_does_not_wedge_the_model(fake):
     class Lacking(FakeRuntime):
         def run(self, images, outputs):
             return {}                       # metadata lists an output the graph does not have
-    batcher = Batcher("m", Lacking(), BatchingOptions())
-    for _ in range(3):
-        with pytest.raises(KeyError):
-            batcher.infer(images(1), ["logits"])
-    assert not batcher._leading
+
+    async def main():
+        batcher = Batcher("m", Lacking(), BatchingOptions())
+        for _ in range(3):
+            with pytest.raises(KeyError):
+                await asyncio.wait_for(batcher.infer(images(1), ["logits"]), 5)
+    asyncio.run(main())
+
+
+def test_a_batch_waits_for_a_request_being_decoded_but_not_for_absent_company(fake):
+    async def main():
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0.5))
+        start = time.monotonic()
+        await batcher.infer(images(1), ["logits"])
+        alone_s = time.monotonic() - start
+        with batcher.arriving():                          # a request is being decoded off the loop
+            first = asyncio.create_task(batcher.infer(images(2), ["logits"]))
+            await asyncio.sleep(0.05)
+            second = asyncio.create_task(batcher.infer(images(3), ["logits"]))
+            await asyncio.sleep(0)
+        await asyncio.gather(first, second)
+        return alone_s
+    alone_s = asyncio.run(main())
+    assert alone_s < 0.25, "a lone request waited for the delay"
+    assert fake.batches == [[1], [2, 3]]

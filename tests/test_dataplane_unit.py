@@ -1,6 +1,8 @@
 """The data plane alone, over a fake runtime: no server, no sockets, no ONNX Runtime, no files.
 What every protocol adapter relies on: lookup, checks and their messages, feature selection,
 the response budget, top-k, and the statistics."""
+import asyncio
+
 import numpy as np
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
@@ -51,22 +53,30 @@ def plane(runtime):
     return DataPlane(store, metrics, max_response_bytes=2048)   # 8 images with every output: about 2.4 kB
 
 
+@pytest.fixture
+def infer(plane):
+    """plane.infer on one event loop for the whole test (the batchers' scheduler lives on it)."""
+    loop = asyncio.new_event_loop()
+    yield lambda request: loop.run_until_complete(plane.infer(request))
+    loop.close()
+
+
 def pixels(value: int) -> PixelImage:
     return PixelImage([28, 28], "uint8", bytes([value]) * 784)
 
 
-def test_top_k_features_and_rows_per_image(plane):
-    result = plane.infer(InferRequest("m", images=[pixels(0), pixels(1)], top_k=3, features=["all"]))
+def test_top_k_features_and_rows_per_image(infer):
+    result = infer(InferRequest("m", images=[pixels(0), pixels(1)], top_k=3, features=["all"]))
     assert result.features == ["conv1"] and result.outputs["conv1"].shape == (2, 2, 3, 3)
     assert result.top_indices.tolist() == [[9, 8, 7], [9, 8, 7]]
     assert result.top_probabilities[0, 0] > result.top_probabilities[0, 1] > 0
     assert result.outputs["logits"][1, 9] == 18.0 and result.labels[9] == "Ankle boot"
 
 
-def test_a_whole_batch_tensor_equals_per_image_tensors(plane):
+def test_a_whole_batch_tensor_equals_per_image_tensors(infer):
     batch = np.stack([np.full((1, 28, 28), v, dtype=np.uint8) for v in (3, 5)])
-    one = plane.infer(InferRequest("m", batch=batch)).outputs["logits"]
-    many = plane.infer(InferRequest("m", images=[pixels(3), pixels(5)])).outputs["logits"]
+    one = infer(InferRequest("m", batch=batch)).outputs["logits"]
+    many = infer(InferRequest("m", images=[pixels(3), pixels(5)])).outputs["logits"]
     assert np.array_equal(one, many)
 
 
@@ -84,17 +94,17 @@ def test_a_whole_batch_tensor_equals_per_image_tensors(plane):
     (InferRequest("m", batch=np.zeros((1, 1, 28, 28), np.float32)), InvalidArgument, "must be uint8"),
     (InferRequest("m", batch=np.zeros((1, 2, 28, 28), np.uint8)), InvalidArgument, "[N, 1, 28, 28]"),
 ])
-def test_refusals_name_the_field_and_the_limit_before_compute(plane, runtime, request_, error, fragment):
+def test_refusals_name_the_field_and_the_limit_before_compute(infer, runtime, request_, error, fragment):
     with pytest.raises(error) as raised:
-        plane.infer(request_)
+        infer(request_)
     assert fragment in raised.value.message and len(raised.value.message) < 400
     assert runtime.runs == 0
 
 
-def test_statistics_and_metrics_count_every_outcome(plane):
-    plane.infer(InferRequest("m", images=[pixels(0)] * 3))
+def test_statistics_and_metrics_count_every_outcome(plane, infer):
+    infer(InferRequest("m", images=[pixels(0)] * 3))
     with pytest.raises(InvalidArgument):
-        plane.infer(InferRequest("m", images=[pixels(0)], top_k=99))
+        infer(InferRequest("m", images=[pixels(0)], top_k=99))
     stats = plane.metrics.stats["m"]
     assert (stats.success_count, stats.fail_count, stats.inference_count, stats.execution_count) == (1, 1, 3, 1)
     assert plane.metrics.requests.labels("m", "INVALID_ARGUMENT")._value.get() == 1

@@ -8,8 +8,9 @@ from cnnserve.spawn import ROOT
 def test_generated_code_is_fresh(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "protos" / "generate.py"), "--out", str(tmp_path)], check=True,
                    capture_output=True)
-    generated = sorted((tmp_path / "server" / "proto").glob("classifier_pb2*"))
-    assert [p.name for p in generated] == ["classifier_pb2.py", "classifier_pb2.pyi", "classifier_pb2_grpc.py"]
+    generated = sorted((tmp_path / "server" / "proto").glob("classifier*"))
+    assert [p.name for p in generated] == ["classifier.binpb", "classifier_pb2.py", "classifier_pb2.pyi",
+                                           "classifier_pb2_grpc.py"]
     for path in generated:
-        assert path.read_text() == (ROOT / "server" / "proto" / path.name).read_text(), \
+        assert path.read_bytes() == (ROOT / "server" / "proto" / path.name).read_bytes(), \
             f"server/proto/{path.name} is stale: run `python protos/generate.py`"
