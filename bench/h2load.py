@@ -112,9 +112,9 @@ class Endpoint:
 
 
 def endpoint(label: str, api: str, target: str, model: str, images: int = 1, encoding: str = "raw",
-             pid: int | None = None, statistics: bool = True) -> Endpoint:
-    """The request for `api`; an echo endpoint carries the bytes of a Classify request (a request-sized echo)."""
-    if api == "kserve":
+             pid: int | None = None, statistics: bool = True, echo_of: str = "cnnserve") -> Endpoint:
+    """The request for `api`; an echo endpoint carries the bytes of the `echo_of` request (a request-sized echo)."""
+    if api == "kserve" or (api == "echo" and echo_of == "kserve"):
         message, classes = infer_request(model, images)
     else:
         message, classes = classify_request(model, images, encoding)
@@ -130,7 +130,11 @@ def answer_classes(api: str, answer: bytes) -> list[int]:
     response = kpb.ModelInferResponse.FromString(answer)
     index = [o.name for o in response.outputs].index("logits")
     shape = list(response.outputs[index].shape)
-    return np.frombuffer(response.raw_output_contents[index], dtype="<f4").reshape(shape).argmax(1).tolist()
+    if response.raw_output_contents:
+        values = np.frombuffer(response.raw_output_contents[index], dtype="<f4")
+    else:
+        values = np.asarray(response.outputs[index].contents.fp32_contents, dtype=np.float32)
+    return values.reshape(shape).argmax(1).tolist()
 
 
 def check_answer(ep: Endpoint, timeout: float = 30) -> int:
@@ -301,10 +305,14 @@ def measure(ep: Endpoint, concurrency: int, duration_s: float = 10, warmup_s: fl
             time.sleep(SETTLE_S)
         stats_before, cpu_before = model_statistics(ep), cpu_seconds(ep.pid)
         spy = start_pyspy(ep.pid, duration_s, profile, profile_args) if profile else None
+        threads_before = thread_cpu(ep.pid) if profile else {}
         run = run_h2load(h2load_command(ep, frame_file, concurrency, duration_s, streams, threads, log_file), log_file)
+        threads_after = thread_cpu(ep.pid) if profile else {}
         time.sleep(SETTLE_S)
         stats_after, cpu_after = model_statistics(ep), cpu_seconds(ep.pid)
         summary = finish_pyspy(spy, profile) if spy else {}
+        if profile:
+            summary["threads"] = thread_table(threads_before, threads_after, python_threads(ep.pid), run.done)
     mean_batch = grpc_failed = None
     if stats_before and stats_after:
         executions = stats_after["execution_count"] - stats_before["execution_count"]
@@ -351,6 +359,42 @@ def finish_pyspy(spy: subprocess.Popen, prefix: Path) -> dict:
     return {"raw": f"{prefix}.raw.txt", "command": spy.command, "pyspy_output": out.strip().splitlines()[-2:]}
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of `pid` and its descendants."""
+    out = {}
+    for p in process_tree(pid):
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def python_threads(pid: int) -> dict[int, str]:
+    """OS thread id -> 'name: the function it is in now', for the Python threads (py-spy dump)."""
+    children = ["--subprocesses"] if len(process_tree(pid)) > 1 else []
+    dump = subprocess.run([PYSPY, "dump", "--pid", str(pid), "--json", *children], capture_output=True, text=True, timeout=60)
+    labels = {}
+    for entry in json.loads(dump.stdout or "[]"):
+        threads = entry.get("threads", [entry]) if isinstance(entry, dict) else []
+        for thread in threads:
+            frames = thread.get("frames") or [{}]
+            labels[thread.get("os_thread_id")] = f"{thread.get('thread_name') or '?'}: {frames[0].get('name', '?')}"
+    return labels
+
+
+def thread_table(before: dict[int, float], after: dict[int, float], labels: dict[int, str], requests: int) -> dict:
+    """CPU ms per request of each thread over the run, busiest first; threads py-spy cannot see are native
+    (ONNX Runtime's intra-op pool, gRPC core's event engine)."""
+    rows = sorted(((after[t] - before.get(t, 0)) * 1e3 / max(requests, 1), t) for t in after)[::-1]
+    label = lambda t: labels.get(t, "native thread (ONNX Runtime pool, gRPC core...)")
+    return {"python_ms_per_request": sum(v for v, t in rows if t in labels),
+            "native_ms_per_request": sum(v for v, t in rows if t not in labels),
+            "busiest": [(t, v, label(t)) for v, t in rows[:10]]}
+
+
 def frame_key(frame: str) -> str:
     """'func (path/to/file.py:123)' -> 'func (file.py)': one entry per function, not per line."""
     match = re.match(r"(.*) \((.*?)(?::\d+)?\)$", frame)
@@ -363,32 +407,47 @@ def frame_key(frame: str) -> str:
     return f"{match[1]} ({path})"
 
 
+def line_key(frame: str) -> str:
+    """'func (path/to/file.py:123)' -> 'func (file.py:123)'."""
+    match = re.match(r"(.*) \((.*?)(:\d+)?\)$", frame)
+    return f"{frame_key(frame)[:-1]}{match[3] or ''})" if match else frame
+
+
 def summarize_pyspy(raw: Path, top: int = 15, skip: tuple[str, ...] = ()) -> dict:
     """Own and total samples per function from py-spy's raw (collapsed-stack) output.
     `skip`: leaf functions to leave out (e.g. threads parked in grpc's poller: waiting, not working)."""
-    own, total, samples = Counter(), Counter(), 0
+    own, own_lines, total, samples = Counter(), Counter(), Counter(), 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
             continue
-        frames = [frame_key(f) for f in stack.split(";") if f]
-        if frames and frames[0].startswith("process "):
-            frames = frames[1:]          # --subprocesses prefixes each stack with its process
+        raw_frames = [f for f in stack.split(";") if f and not f.startswith("process ")]   # --subprocesses: a root frame
+        frames = [frame_key(f) for f in raw_frames]
         if not frames or any(frames[-1].startswith(s) for s in skip):
             continue
         n = int(count)
         samples += n
         own[frames[-1]] += n
+        own_lines[f"{frame_key(raw_frames[-2]) if len(raw_frames) > 1 else ''} -> {line_key(raw_frames[-1])}"] += n
         for key in set(frames):
             total[key] += n
     return {"samples": samples,
             "own": [(k, v, v / samples) for k, v in own.most_common(top)],
+            "own_lines": [(k, v, v / samples) for k, v in own_lines.most_common(top)],
             "total": [(k, v, v / samples) for k, v in total.most_common(top)]}
 
 
-def format_profile(summary: dict, title: str) -> str:
-    lines = [title, f"samples: {summary['samples']}", "", "top by own time (the function itself, leaf of the stack):"]
+def format_profile(summary: dict, title: str, threads: dict | None = None) -> str:
+    lines = [title]
+    if threads:
+        lines += [f"CPU per request by thread: Python threads {threads['python_ms_per_request']:.3f} ms, "
+                  f"native threads {threads['native_ms_per_request']:.3f} ms; busiest:"]
+        lines += [f"  tid {tid:<8} {ms:.3f} ms/request  {what}" for tid, ms, what in threads["busiest"]]
+        lines.append("")
+    lines += [f"py-spy samples: {summary['samples']}", "", "top by own time (the function itself, leaf of the stack):"]
     lines += [f"  {share:6.1%} {count:7d}  {key}" for key, count, share in summary["own"]]
+    lines += ["", "top by own time, by line (caller -> the line itself):"]
+    lines += [f"  {share:6.1%} {count:7d}  {key}" for key, count, share in summary["own_lines"]]
     lines += ["", "top by total time (the function and everything it called):"]
     lines += [f"  {share:6.1%} {count:7d}  {key}" for key, count, share in summary["total"]]
     return "\n".join(lines) + "\n"
@@ -442,7 +501,8 @@ def main() -> None:
                                 tuple(args.profile_args.split())))
             if prefix:
                 summary = summarize_pyspy(Path(f"{prefix}.raw.txt"))
-                Path(f"{prefix}.txt").write_text(format_profile(summary, runs[-1].profile["command"]))
+                Path(f"{prefix}.txt").write_text(format_profile(summary, runs[-1].profile["command"],
+                                                                runs[-1].profile.get("threads")))
                 print(Path(f"{prefix}.txt").read_text())
         rows.append(median_measurement(runs))
     print(f"h2load {args.duration:g} s per run, {args.runs} run(s) per level (median), {args.streams} stream(s) per connection")

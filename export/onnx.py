@@ -1,9 +1,11 @@
 """Export a model to ONNX, verify it, and write it into a model repository.
 
     python -m export.onnx --arch resnet18 [--checkpoint PATH | --random-init] [--out model_repository]
+    python -m export.onnx --arch resnet18 --quantize int8     # resnet18_int8, into exports/int8/
 
 The weights come from --checkpoint, else the newest local checkpoint, else the shipped trained
-weights (models/weights/). --random-init exports go to exports/untrained/ by default.
+weights (models/weights/). --random-init exports go to exports/untrained/ by default, --quantize
+exports (a model of their own, `<arch>_int8`: export/quantize.py) to exports/int8/.
 
 Every export is checked (onnx.checker with full check, an ONNX Runtime CPU session, parity with
 PyTorch on real Fashion-MNIST test images at batch 1 and 7); if any check fails, the export fails
@@ -28,6 +30,7 @@ from PIL import Image
 from cnnserve.spec import CLASSES, IMAGE_SIDE, INPUT_NAME, Preprocessing, UnknownFeatures, select_features, sha256_file
 from export.graph import ServingGraph, export_graph
 from export.parity import ParityError, check_parity
+from export.quantize import CALIBRATION_IMAGES, DEFAULT_THRESHOLDS, QuantizationError, Thresholds, quantize_and_check
 from export.repository import METADATA_FILE, MODEL_FILE, model_config, next_version, staged_version, write_model_files
 from models.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from models.data import DataError, has_split, load_split, resolve_data_dir
@@ -37,6 +40,7 @@ from models.registry import TapNet, create_model, list_models
 DEFAULT_OPSET = 20
 DEFAULT_REPOSITORY = Path("model_repository")
 UNTRAINED_OUT = Path("exports/untrained")   # where random-init exports go unless --out says otherwise
+QUANTIZED_OUT = Path("exports/int8")        # where trained --quantize exports go unless --out says otherwise
 PARITY_BATCH_SIZES = (1, 7)
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 
@@ -169,16 +173,19 @@ def build_metadata(arch: str, version: int, source: Source, model_path: Path, ou
 def export(arch: str, out: Path, *, checkpoint: str | None = None, random_init: bool = False,
            version: int | None = None, opset: int = DEFAULT_OPSET, features: str = "all",
            checkpoints_dir: Path = Path("checkpoints"), data_dir: str | None = None, force: bool = False,
-           shipped: bool = False) -> Path:
+           shipped: bool = False, quantize: str | None = None, calibration_images: int = CALIBRATION_IMAGES,
+           thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Path:
     """Export, verify and write one model; return its version directory.
 
     An untrained export never lands beside trained versions (where the server would serve it as
-    the newest) unless `force`.
+    the newest) unless `force`. `quantize="int8"`: the verified fp32 graph is quantized and written
+    as the model `<arch>_int8`, after its own parity check (`export.quantize`).
     """
     started = time.perf_counter()
     source = resolve_source(arch, checkpoint, random_init, checkpoints_dir, shipped)
     graph = ServingGraph(source.model, feature_outputs(source.model, features), source.preprocessing)
-    model_dir = out / arch
+    name = f"{arch}_{quantize}" if quantize else arch
+    model_dir = out / name
     if source.checkpoint is None and not force and holds_trained_version(model_dir):
         raise ExportError(f"{model_dir} holds trained versions, and the server serves the newest version: an "
                           f"untrained export there would replace them. Write it elsewhere with --out (the "
@@ -188,18 +195,35 @@ def export(arch: str, out: Path, *, checkpoint: str | None = None, random_init: 
         test_images = parity_images(data_dir)
         parity_batches = [test_images[:n, None].copy() for n in PARITY_BATCH_SIZES]
         model_path = staging / MODEL_FILE
-        export_graph(graph, model_path, opset)
-        onnx.checker.check_model(str(model_path), full_check=True)
-        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        fp32_path = staging / "fp32.onnx" if quantize else model_path
+        export_graph(graph, fp32_path, opset)
+        onnx.checker.check_model(str(fp32_path), full_check=True)
+        session = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
         parity = check_parity(graph, session, parity_batches)
         output_shapes = {o.name: list(o.shape[1:]) for o in session.get_outputs()}
+        if quantize:
+            quantization, int8_parity = quantize_and_check(name, session, fp32_path, model_path, data_dir=data_dir,
+                                                           calibration_images=calibration_images, thresholds=thresholds,
+                                                           trained=source.checkpoint is not None)
+            parity = {**int8_parity, "fp32_vs_pytorch": parity}
+            fp32_path.unlink()
         metadata = build_metadata(arch, version, source, model_path, output_shapes, parity, opset)
+        if quantize:
+            metadata["quantization"] = quantization
+            if source.checkpoint:
+                metadata["test_acc"] = parity["int8_accuracy"]   # what this model scores; fp32's stays in checkpoint.metrics
         metadata["export_seconds"] = round(time.perf_counter() - started, 2)
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-    write_model_files(model_dir, model_config(arch, [1, IMAGE_SIDE, IMAGE_SIDE], output_shapes), list(CLASSES))
-    worst = max(parity["outputs"].values(), key=lambda o: o["max_abs"])
-    print(f"{arch} v{version}: {metadata['size_bytes'] / 1e6:.1f} MB, {len(output_shapes)} outputs, "
-          f"parity ok (worst max abs {worst['max_abs']:.2e}, max rel {worst['max_rel']:.2e}), "
+    write_model_files(model_dir, model_config(name, [1, IMAGE_SIDE, IMAGE_SIDE], output_shapes), list(CLASSES))
+    if quantize:
+        summary = (f"int8 parity {'ok' if parity['gated'] else 'not required (untrained)'}: top-1 agreement "
+                   f"{parity['top1_agreement']:.2%} with fp32 on {parity['test_images']} test images, accuracy "
+                   f"{parity['int8_accuracy']:.4f} vs {parity['fp32_accuracy']:.4f}, calibrated on "
+                   f"{quantization['calibration']['images']} training images")
+    else:
+        worst = max(parity["outputs"].values(), key=lambda o: o["max_abs"])
+        summary = f"parity ok (worst max abs {worst['max_abs']:.2e}, max rel {worst['max_rel']:.2e})"
+    print(f"{name} v{version}: {metadata['size_bytes'] / 1e6:.1f} MB, {len(output_shapes)} outputs, {summary}, "
           f"{'trained, test acc ' + format(metadata['test_acc'], '.4f') if metadata['trained'] else 'UNTRAINED'}"
           f"{' (' + source.checkpoint['path'] + ')' if source.checkpoint else ''}, "
           f"{metadata['export_seconds']:.1f} s -> {model_dir / str(version)}")
@@ -222,18 +246,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--features", default="all", help="feature taps to output: all, none, or name,name")
     parser.add_argument("--data-dir", help="Fashion-MNIST directory, for the parity check")
+    int8 = parser.add_argument_group("int8 (ONNX Runtime static quantization, QDQ; export/quantize.py)")
+    int8.add_argument("--quantize", choices=["int8"], help="export <arch>_int8, calibrated on training images and "
+                      f"checked against fp32 on the test set (default --out: {QUANTIZED_OUT})")
+    int8.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES, help="training images to calibrate on")
+    int8.add_argument("--min-agreement", type=float, default=Thresholds.min_agreement,
+                      help="required top-1 agreement with fp32 (fraction)")
+    int8.add_argument("--max-accuracy-change", type=float, default=Thresholds.max_accuracy_change,
+                      help="allowed |int8 - fp32| test accuracy (fraction: 0.003 = 0.3 points)")
     args = parser.parse_args(argv)
 
     archs = list_models() if args.arch == "all" else [args.arch]
     if args.checkpoint and len(archs) > 1:
         parser.error("--checkpoint names one file; use it with one --arch")
-    out = args.out or (UNTRAINED_OUT if args.random_init else DEFAULT_REPOSITORY)
+    out = args.out or (UNTRAINED_OUT if args.random_init else QUANTIZED_OUT if args.quantize else DEFAULT_REPOSITORY)
+    thresholds = Thresholds(args.min_agreement, args.max_accuracy_change)
     for arch in archs:
         try:
             export(arch, out, checkpoint=args.checkpoint, random_init=args.random_init, version=args.version,
                    opset=args.opset, features=args.features, checkpoints_dir=args.checkpoints, data_dir=args.data_dir,
-                   force=args.force, shipped=bool(args.weights))
-        except (ExportError, FileExistsError) as error:
+                   force=args.force, shipped=bool(args.weights), quantize=args.quantize,
+                   calibration_images=args.calibration_images, thresholds=thresholds)
+        except (ExportError, QuantizationError, FileExistsError) as error:
             parser.exit(1, f"error: {error}\n")
         except (ParityError, onnx.checker.ValidationError) as error:
             parser.exit(1, f"error: {arch} failed verification; nothing was written:\n{error}\n")

@@ -3,7 +3,9 @@
 Requests are parsed and queued on the server's asyncio loop; each model has one compute thread
 that runs ONNX Runtime (which releases the GIL). While a batch computes, the loop keeps parsing
 and queueing, so when the run ends the next batch takes everything that arrived meanwhile:
-batches grow with load by themselves, and a lone request starts at once. Before a run the
+batches grow with load by themselves, and a lone request starts at once. A run expected to take
+less than `INLINE_RUN_S` (lenet_bn: tens of microseconds per image) runs on the loop itself:
+handing it to a thread and back costs more than the run. Before a run the
 batcher waits up to `max_queue_delay` only for requests that are already on their way (announced
 by `arriving()` while they are decoded off the loop), never for company that is not coming.
 
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 
 
 QUEUED_BATCHES = 16   # by default a model's queue holds this many full batches of images
+INLINE_RUN_S = 0.001  # runs expected to be shorter than this skip the compute thread
 CALLER_BATCHES = 2    # ... of which one caller may hold this many
 
 
@@ -102,6 +105,7 @@ class Batcher:
         self._changed: asyncio.Event | None = None        # created on the loop, at the first request
         self._scheduler: asyncio.Task | None = None
         self._compute = ThreadPoolExecutor(1, thread_name_prefix=f"compute-{name}")
+        self._image_s: float | None = None                # recent compute seconds per image (unknown at first)
 
     @property
     def queued(self) -> int:
@@ -230,8 +234,14 @@ class Batcher:
             slices = [request.images[first:stop] for request, first, stop in batch]
             images = slices[0] if len(slices) == 1 else np.concatenate(slices)
             start = time.monotonic()
-            results = await asyncio.get_running_loop().run_in_executor(self._compute, self.runtime.run, images, outputs)
+            if self._image_s is not None and self._image_s * len(images) < INLINE_RUN_S:
+                results = self.runtime.run(images, outputs)
+            else:
+                results = await asyncio.get_running_loop().run_in_executor(self._compute, self.runtime.run, images,
+                                                                           outputs)
             compute_s = time.monotonic() - start
+            per_image = compute_s / len(images)
+            self._image_s = per_image if self._image_s is None else 0.9 * self._image_s + 0.1 * per_image
             self.on_batch(len(images), compute_s)
             offset = 0
             for request, first, stop in batch:

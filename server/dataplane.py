@@ -73,6 +73,7 @@ class InferResult:
     compute_s: float
     batch_size: int                  # images in the ONNX Runtime run(s) this request was part of
     features: list[str] = field(default_factory=list)
+    pixels: np.ndarray | None = None  # uint8 [N, 1, side, side]: the images as the model received them
 
 
 class DataPlane:
@@ -132,7 +133,8 @@ class DataPlane:
     async def _counted_infer(self, request: InferRequest) -> InferResult:
         start = time.perf_counter()
         label = request.model if request.model in self.store.models else "<unknown>"
-        self.metrics.in_flight.labels(label).inc()
+        in_flight = self.metrics.child(self.metrics.in_flight, label)
+        in_flight.inc()
         status, result = "INTERNAL", None
         try:
             result = await self._infer(request, start)
@@ -145,7 +147,7 @@ class DataPlane:
             status = "CANCELLED"
             raise
         finally:
-            self.metrics.in_flight.labels(label).dec()
+            in_flight.dec()
             self.metrics.record(label, status, time.perf_counter() - start,
                                 *((result.outputs[LOGITS].shape[0], result.queue_s, result.compute_s) if result else ()))
 
@@ -173,14 +175,14 @@ class DataPlane:
             top_indices = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
             top_probabilities = np.take_along_axis(softmax(logits), top_indices, axis=1)
         return InferResult(model.name, model.version.version, labels, result.outputs, top_indices, top_probabilities,
-                           decode_s, result.queue_s, result.compute_s, result.batch_size, features)
+                           decode_s, result.queue_s, result.compute_s, result.batch_size, features, pixels)
 
     def check_response_size(self, model: ServedModel, n_images: int, features: list[str], itemsize: int,
                             top_k: int) -> None:
         """Refuse before compute a response that would exceed the message limit, saying by how much."""
-        shapes = model.version.output_shapes
+        values = model.version.output_values
         per_image = PER_IMAGE_OVERHEAD_BYTES + top_k * PER_PREDICTION_BYTES + sum(
-            int(np.prod(shapes[name])) * itemsize + PER_OUTPUT_OVERHEAD_BYTES for name in [LOGITS, *features])
+            values[name] * itemsize + PER_OUTPUT_OVERHEAD_BYTES for name in [LOGITS, *features])
         size = n_images * per_image
         if size > self.max_response_bytes:
             fits = max(self.max_response_bytes // per_image, 0)

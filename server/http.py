@@ -15,7 +15,6 @@ import logging
 import socket
 import ssl
 import struct
-import time
 
 import numpy as np
 import uvicorn
@@ -26,10 +25,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cnnserve.spec import INPUT_NAME, LOGITS
-from server.dataplane import INLINE_DECODE_BYTES, DataPlane, InferRequest, InferResult
+from server.dataplane import DataPlane, EncodedImage, InferRequest, InferResult
 from server.errors import InvalidArgument, ResourceExhausted, ServiceError
 from server.explorer import explorer_routes
-from server.images import DecodeBudget, decode_encoded
 from server.kserve import (
     EXTENSIONS,
     PLATFORM,
@@ -163,15 +161,13 @@ class KServeHttp:
         inputs = header.get("inputs")
         if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
             raise InvalidArgument(f"inputs must be a list of one tensor, {INPUT_NAME!r} or {ENCODED_INPUT!r}")
-        fit_started = time.perf_counter()
-        batch = await model_input(inputs[0], binary, model)
-        fit_s = time.perf_counter() - fit_started
+        batch, images = model_input(inputs[0], binary, model)
         requested = requested_outputs(header.get("outputs"))
         features, classification = selected_outputs(model, [(n, k) for n, k, _, _ in requested if n != INPUT_NAME or k])
         for k in classification.values():
             check_classification(k, len(model.version.labels))
         result = await self.dataplane.infer(InferRequest(
-            model=model.name, version=model.version.version, batch=batch, features=features,
+            model=model.name, version=model.version.version, batch=batch, images=images, features=features,
             feature_itemsize=feature_itemsize(requested, features),
             caller=f"http:{request.client.host}:{request.client.port}" if request.client else "http"))
         outputs, blobs = [], []
@@ -180,7 +176,7 @@ class KServeHttp:
                 values, datatype = classification_strings(result, k), "BYTES"
                 raw = serialize_bytes(values)
             elif name == INPUT_NAME:              # the pixels the model received (fitted, for image_encoded)
-                values, datatype = batch.reshape(len(batch), 1, *batch.shape[-2:]), "UINT8"
+                values, datatype = result.pixels, "UINT8"
                 raw = values.tobytes()
             else:
                 values = result.outputs[name].astype(FEATURE_DATATYPES[datatype], copy=False)
@@ -193,7 +189,7 @@ class KServeHttp:
                 tensor["data"] = values.reshape(-1).tolist()
             outputs.append(tensor)
         response = {"model_name": result.model, "model_version": str(result.version), "outputs": outputs,
-                    "parameters": timing_parameters(result, fit_s)}
+                    "parameters": timing_parameters(result)}
         if "id" in header:
             response["id"] = str(header["id"])[:100]
         text = json.dumps(response).encode()
@@ -241,17 +237,13 @@ def input_tensor(tensor: dict, binary: bytes) -> np.ndarray:
     return image_batch(str(tensor.get("name"))[:200], str(datatype), shape, None, values)
 
 
-async def model_input(tensor: dict, binary: bytes, model) -> np.ndarray:
-    """The `image` pixels as sent, or the `image_encoded` PNG/JPEG files fitted to the model's input here, the
-    way cnnserve.v1 fits encoded images (server/images.py), so a browser can send a file as it is and be
-    shown what the model saw. Many encoded bytes are fitted off the event loop, as the data plane does."""
+def model_input(tensor: dict, binary: bytes, model) -> tuple[np.ndarray | None, list[EncodedImage]]:
+    """The `image` pixels as sent, or the `image_encoded` PNG/JPEG files, which the data plane fits to the
+    model's input as it does cnnserve.v1's encoded images, so a browser can send a file as it is (and ask
+    for the `image` output to see what the model saw)."""
     if tensor.get("name") != ENCODED_INPUT:
-        return input_tensor(tensor, binary)
-    files = encoded_files(tensor, binary, model.batcher.options.max_batch_size)
-    side = model.version.input_side
-    if sum(map(len, files)) <= INLINE_DECODE_BYTES:
-        return fit_encoded(files, side)
-    return await asyncio.to_thread(fit_encoded, files, side)
+        return input_tensor(tensor, binary), []
+    return None, [EncodedImage(data) for data in encoded_files(tensor, binary, model.batcher.options.max_batch_size)]
 
 
 def encoded_files(tensor: dict, binary: bytes, max_files: int) -> list[bytes]:
@@ -274,20 +266,14 @@ def encoded_files(tensor: dict, binary: bytes, max_files: int) -> list[bytes]:
     return files
 
 
-def fit_encoded(files: list[bytes], side: int) -> np.ndarray:
-    budget = DecodeBudget()
-    return np.stack([decode_encoded(data, f"input {ENCODED_INPUT!r}[{i}]", side, budget)
-                     for i, data in enumerate(files)])[:, None]
-
-
 def feature_itemsize(requested: list[tuple[str, int, bool, str]], features: list[str]) -> int:
     """Bytes per value of the largest feature map datatype asked for, for the data plane's response-size check."""
     return max((np.dtype(FEATURE_DATATYPES[d]).itemsize for n, _, _, d in requested if n in features), default=4)
 
 
-def timing_parameters(result: InferResult, fit_s: float) -> dict:
+def timing_parameters(result: InferResult) -> dict:
     """Where the time went, as response parameters: decoding (with fitting), waiting for a batch, ONNX Runtime."""
-    return {"decode_ms": round((fit_s + result.decode_s) * 1e3, 3), "queue_ms": round(result.queue_s * 1e3, 3),
+    return {"decode_ms": round(result.decode_s * 1e3, 3), "queue_ms": round(result.queue_s * 1e3, 3),
             "compute_ms": round(result.compute_s * 1e3, 3), "batch_size": result.batch_size}
 
 

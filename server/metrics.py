@@ -30,6 +30,7 @@ class Metrics:
     def __init__(self):
         self.stats: defaultdict[str, ModelStats] = defaultdict(ModelStats)
         self._stats_lock = threading.Lock()
+        self._children: dict[tuple, object] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("cnnserve_requests", "Classify requests by model and gRPC status code",
@@ -45,14 +46,23 @@ class Metrics:
         self.in_flight = Gauge("cnnserve_in_flight_requests", "Classify requests being handled",
                                ["model"], registry=r)
 
+    def child(self, metric, *labels: str):
+        """metric.labels(*labels), looked up once: prometheus_client's `labels` costs microseconds per call,
+        several times per request. The label values are bounded (model names, status names)."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         start_http_server(port, addr=host, registry=self.registry)
 
     def batch_observer(self, model: str):
         """A callback for the batcher: records one ONNX Runtime run."""
         def observe(size: int, seconds: float) -> None:
-            self.batch_size.labels(model).observe(size)
-            self.compute.labels(model).observe(seconds)
+            self.child(self.batch_size, model).observe(size)
+            self.child(self.compute, model).observe(seconds)
             with self._stats_lock:
                 self.stats[model].execution_count += 1
         return observe
@@ -60,12 +70,12 @@ class Metrics:
     def record(self, model: str, status: str, seconds: float, images: int = 0, queue_s: float = 0.0,
                compute_s: float = 0.0) -> None:
         """One finished inference request, whatever protocol carried it."""
-        self.requests.labels(model, status).inc()
+        self.child(self.requests, model, status).inc()
         with self._stats_lock:
             stats = self.stats[model]
             if status == "OK":
-                self.latency.labels(model).observe(seconds)
-                self.queue.labels(model).observe(queue_s)
+                self.child(self.latency, model).observe(seconds)
+                self.child(self.queue, model).observe(queue_s)
                 stats.success_count += 1
                 stats.success_ns += int(seconds * 1e9)
                 stats.queue_ns += int(queue_s * 1e9)

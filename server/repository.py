@@ -5,7 +5,9 @@ sha256 equals the one recorded at export; anything else is refused with a reason
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,14 +38,20 @@ class ModelVersion:
         """The side of the square uint8 images the graph takes (its input shape is [N, 1, side, side])."""
         return self.metadata["input"]["shape"][-1]
 
-    @property
+    # cached: the data plane asks on every request
+    @functools.cached_property
     def feature_names(self) -> list[str]:
         return [name for name in self.output_shapes if name != LOGITS]
 
-    @property
+    @functools.cached_property
     def output_shapes(self) -> dict[str, list[int]]:
         """Output name -> shape without the batch dimension, in graph order (logits first)."""
         return {o["name"]: o["shape"][1:] for o in self.metadata["outputs"]}
+
+    @functools.cached_property
+    def output_values(self) -> dict[str, int]:
+        """Output name -> values per image."""
+        return {name: math.prod(shape) for name, shape in self.output_shapes.items()}
 
 
 def list_model_dirs(repository: Path) -> list[Path]:

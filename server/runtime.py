@@ -31,6 +31,7 @@ class RuntimeOptions:
     intra_op_threads: int = 0         # 0: ONNX Runtime's default (one per physical core)
     graph_optimization: str = "all"
     warmup_runs: int = 3
+    spinning: bool = False            # let idle intra-op threads spin (lower latency, CPU burnt)
 
 
 def providers_for(device: str) -> list[str]:
@@ -61,6 +62,9 @@ class ModelRuntime:
         session_options.intra_op_num_threads = options.intra_op_threads
         session_options.inter_op_num_threads = 1
         session_options.graph_optimization_level = GRAPH_OPTIMIZATION[options.graph_optimization]
+        # ONNX Runtime's worker threads spin after each run waiting for the next; on a server whose
+        # event loop needs the same cores that spinning is stolen from request handling.
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spinning else "0")
         self.session = ort.InferenceSession(str(model_path), session_options,
                                             providers=providers_for(options.device))
         self.provider = self.session.get_providers()[0]

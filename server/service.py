@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 
 import grpc
@@ -18,7 +19,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from cnnserve.spec import LOGITS
 from server.dataplane import DataPlane, EncodedImage, InferRequest, PixelImage
-from server.errors import InvalidArgument, ServiceError
+from server.errors import InvalidArgument, ServiceError, quote
 from server.model_store import ServedModel
 from server.proto import classifier_pb2 as pb
 from server.proto import classifier_pb2_grpc
@@ -87,6 +88,24 @@ def image_input(image: pb.Image) -> EncodedImage | PixelImage | None:
     return None
 
 
+def batch_input(request: pb.ClassifyRequest) -> np.ndarray | None:
+    """The `batch` tensor as uint8 [N, ...], checked before any copy (the data plane checks the shape)."""
+    if not request.HasField("batch"):
+        return None
+    if request.images:
+        raise InvalidArgument("send images or batch, not both")
+    tensor = request.batch
+    shape = list(tensor.shape)
+    if tensor.dtype != "uint8":
+        raise InvalidArgument(f"batch.dtype {quote(tensor.dtype)} must be 'uint8'")
+    if not 3 <= len(shape) <= 4 or any(d <= 0 for d in shape):
+        raise InvalidArgument(f"batch.shape {shape[:8]} must be [N, side, side] or [N, 1, side, side]")
+    count = math.prod(shape)
+    if count != len(tensor.data):
+        raise InvalidArgument(f"batch.shape {shape} needs {count:,} bytes; batch.data has {len(tensor.data):,}")
+    return np.frombuffer(tensor.data, dtype=np.uint8).reshape(shape)
+
+
 class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
     def __init__(self, dataplane: DataPlane):
         self.dataplane = dataplane
@@ -98,8 +117,8 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
             raise InvalidArgument(f"feature_encoding {request.feature_encoding} is not one of {list(ENCODINGS)}")
         result = await self.dataplane.infer(InferRequest(
             model=request.model, version=request.version, top_k=request.top_k or 1, features=list(request.features),
-            images=[image_input(image) for image in request.images], feature_itemsize=dtype.itemsize,
-            deadline=deadline_of(context), caller=context.peer()))
+            images=[image_input(image) for image in request.images], batch=batch_input(request),
+            feature_itemsize=dtype.itemsize, deadline=deadline_of(context), caller=context.peer()))
         response = pb.ClassifyResponse(model=result.model, version=result.version, timings=pb.Timings(
             decode_ms=result.decode_s * 1e3, queue_ms=result.queue_s * 1e3, compute_ms=result.compute_s * 1e3,
             batch_size=result.batch_size))

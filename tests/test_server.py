@@ -83,6 +83,14 @@ def test_feature_maps_match_in_process_and_float16_halves_the_bytes(server, serv
     some = classify(server, images[:1], features=["fc2", "conv1"])
     assert [f.name for f in some.results[0].features] == ["conv1", "fc2"]
 
+def test_a_batch_tensor_equals_per_image_tensors(server, fashion):
+    images = fashion.test_images[:8]
+    batch = pb.Tensor(shape=[8, 28, 28], dtype="uint8", data=images.tobytes())
+    one = server.stub.Classify(pb.ClassifyRequest(model="lenet_bn", batch=batch, top_k=10), timeout=30)
+    many = classify(server, images, top_k=10)
+    assert [[p.logit for p in r.predictions] for r in one.results] == \
+           [[p.logit for p in r.predictions] for r in many.results]
+
 
 def bad_requests():
     image = np.zeros((28, 28), np.uint8)
@@ -112,6 +120,14 @@ def bad_requests():
         "response_too_big": (pb.ClassifyRequest(model="resnet18", images=[good] * 64, features=["all"]),
                              grpc.StatusCode.RESOURCE_EXHAUSTED, "over the server's message limit of 4 MiB"),
         "model_not_serving": (req(model="broken"), grpc.StatusCode.UNAVAILABLE, "sha256"),
+        "images_and_batch": (req(batch=pb.Tensor(shape=[1, 28, 28], dtype="uint8", data=bytes(784))),
+                             grpc.StatusCode.INVALID_ARGUMENT, "not both"),
+        "batch_dtype": (req(images=[], batch=pb.Tensor(shape=[1, 28, 28], dtype="float32", data=bytes(3136))),
+                        grpc.StatusCode.INVALID_ARGUMENT, "batch.dtype 'float32'"),
+        "batch_size": (req(images=[], batch=pb.Tensor(shape=[10**9, 28, 28], dtype="uint8", data=bytes(784))),
+                       grpc.StatusCode.INVALID_ARGUMENT, "batch.data has 784"),
+        "batch_side": (req(images=[], batch=pb.Tensor(shape=[1, 32, 32], dtype="uint8", data=bytes(1024))),
+                       grpc.StatusCode.INVALID_ARGUMENT, "[N, 1, 28, 28]"),
     }
 
 

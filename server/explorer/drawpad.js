@@ -63,7 +63,11 @@ export function createDrawPad(canvas) {
   return {
     clear, load,
     get empty() { return strokes === 0; },
-    /** The drawing as a 28×28 grey PNG file. */
-    toPng: () => new Promise((resolve) => canvas.toBlob(resolve, "image/png")),
+    /** The drawing as a 28×28 PNG file. (toDataURL, not toBlob: Chromium may put off toBlob's encoding
+        to an idle moment, up to a second later.) */
+    toPng() {
+      const base64 = canvas.toDataURL("image/png").split(",")[1];
+      return new Blob([Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))], { type: "image/png" });
+    },
   };
 }

@@ -16,6 +16,9 @@ export const COLORMAP = (() => {
   }
   return table;
 })();
+// The same colours as whole RGBA pixels (little-endian: alpha in the high byte), to fill ImageData fast.
+const COLORMAP_RGBA = Uint32Array.from({ length: 256 }, (_, i) =>
+  (255 << 24 | COLORMAP[i * 3 + 2] << 16 | COLORMAP[i * 3 + 1] << 8 | COLORMAP[i * 3]) >>> 0);
 
 const DEAD_COLOUR = "#d0021b";
 const LABEL_HEIGHT = 12;   // CSS pixels above each tile for its channel number
@@ -86,14 +89,12 @@ function sized(canvas, width, height) {
   return context;
 }
 
-/** One channel's values as an ImageData through the colour map, scaled from [min, max]. */
-function channelImage(values, offset, height, width, min, max) {
-  const image = new ImageData(width, height);
-  const span = max - min || 1;
-  for (let i = 0; i < width * height; i++) {
-    const level = Math.max(0, Math.min(255, Math.round(((values[offset + i] - min) / span) * 255)));
-    image.data.set(COLORMAP.subarray(level * 3, level * 3 + 3), i * 4);
-    image.data[i * 4 + 3] = 255;
+/** One channel's values into `image` (its size) through the colour map, scaled from [min, max]. */
+function paintChannel(image, values, offset, min, max) {
+  const pixels = new Uint32Array(image.data.buffer);
+  const scale = 255 / (max - min || 1);
+  for (let i = 0; i < pixels.length; i++) {
+    pixels[i] = COLORMAP_RGBA[Math.max(0, Math.min(255, Math.round((values[offset + i] - min) * scale)))];
   }
   return image;
 }
@@ -108,14 +109,14 @@ export function drawFeatureGrid(canvas, tensor, stats, { shared, width }) {
   const context = sized(canvas, layout.width, layout.height);
   const scratch = new OffscreenCanvas(stats.width, stats.height);
   const scratchContext = scratch.getContext("2d");
+  const image = new ImageData(stats.width, stats.height);
   context.font = "10px system-ui, sans-serif";
   context.textBaseline = "bottom";
   const dead = new Set(stats.dead);
   for (let c = 0; c < stats.channels; c++) {
     const { min, max } = shared ? stats.all : stats.perChannel[c];
     const { x, y } = layout.origin(c);
-    scratchContext.putImageData(channelImage(tensor.data, c * stats.height * stats.width, stats.height, stats.width,
-      min, max), 0, 0);
+    scratchContext.putImageData(paintChannel(image, tensor.data, c * stats.height * stats.width, min, max), 0, 0);
     context.drawImage(scratch, x, y, layout.tile, layout.tile);
     context.fillStyle = dead.has(c) ? DEAD_COLOUR : "#444";
     context.fillText(String(c), x, y - 1);
@@ -141,8 +142,9 @@ export function drawChannel(canvas, tensor, stats, channel, { shared, side }) {
   const context = sized(canvas, side, side);
   const { min, max } = shared ? stats.all : stats.perChannel[channel];
   const scratch = new OffscreenCanvas(stats.width, stats.height);
-  scratch.getContext("2d").putImageData(channelImage(tensor.data, channel * stats.height * stats.width,
-    stats.height, stats.width, min, max), 0, 0);
+  const image = new ImageData(stats.width, stats.height);
+  scratch.getContext("2d").putImageData(paintChannel(image, tensor.data, channel * stats.height * stats.width, min, max),
+    0, 0);
   context.drawImage(scratch, 0, 0, side, side);
 }
 

@@ -24,41 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dserver/proto/classifier.proto\x12\x0b\x63nnserve.v1\"4\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"K\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12%\n\x06tensor\x18\x02 \x01(\x0b\x32\x13.cnnserve.v1.TensorH\x00\x42\x08\n\x06source\"\xae\x01\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\"\n\x06images\x18\x03 \x03(\x0b\x32\x12.cnnserve.v1.Image\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x10\n\x08\x66\x65\x61tures\x18\x05 \x03(\t\x12\x36\n\x10\x66\x65\x61ture_encoding\x18\x06 \x01(\x0e\x32\x1c.cnnserve.v1.FeatureEncoding\"T\n\nPrediction\x12\x13\n\x0b\x63lass_index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\x12\r\n\x05logit\x18\x04 \x01(\x02\"F\n\nFeatureMap\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"f\n\x0bImageResult\x12,\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x17.cnnserve.v1.Prediction\x12)\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x17.cnnserve.v1.FeatureMap\"V\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\"\x84\x01\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12)\n\x07results\x18\x03 \x03(\x0b\x32\x18.cnnserve.v1.ImageResult\x12%\n\x07timings\x18\x04 \x01(\x0b\x32\x14.cnnserve.v1.Timings\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"\x99\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05ready\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12&\n\x05input\x18\x05 \x01(\x0b\x32\x17.cnnserve.v1.TensorSpec\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12)\n\x08\x66\x65\x61tures\x18\x07 \x03(\x0b\x32\x17.cnnserve.v1.TensorSpec\x12\x10\n\x08provider\x18\x08 \x01(\t\x12\x0f\n\x07trained\x18\t \x01(\x08\x12\x10\n\x08test_acc\x18\n \x01(\x01\x12\x0e\n\x06sha256\x18\x0b \x01(\t\x12\x16\n\x0emax_batch_size\x18\x0c \x01(\x05\x12\x0e\n\x06recipe\x18\r \x01(\t\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.cnnserve.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*M\n\x0f\x46\x65\x61tureEncoding\x12\x1c\n\x18\x46\x45\x41TURE_ENCODING_FLOAT32\x10\x00\x12\x1c\n\x18\x46\x45\x41TURE_ENCODING_FLOAT16\x10\x01\x32\xe6\x01\n\nClassifier\x12G\n\x08\x43lassify\x12\x1c.cnnserve.v1.ClassifyRequest\x1a\x1d.cnnserve.v1.ClassifyResponse\x12M\n\nListModels\x12\x1e.cnnserve.v1.ListModelsRequest\x1a\x1f.cnnserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.cnnserve.v1.GetModelRequest\x1a\x16.cnnserve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dserver/proto/classifier.proto\x12\x0b\x63nnserve.v1\"4\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"K\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12%\n\x06tensor\x18\x02 \x01(\x0b\x32\x13.cnnserve.v1.TensorH\x00\x42\x08\n\x06source\"\xd2\x01\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\"\n\x06images\x18\x03 \x03(\x0b\x32\x12.cnnserve.v1.Image\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x10\n\x08\x66\x65\x61tures\x18\x05 \x03(\t\x12\x36\n\x10\x66\x65\x61ture_encoding\x18\x06 \x01(\x0e\x32\x1c.cnnserve.v1.FeatureEncoding\x12\"\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x13.cnnserve.v1.Tensor\"T\n\nPrediction\x12\x13\n\x0b\x63lass_index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\x12\r\n\x05logit\x18\x04 \x01(\x02\"F\n\nFeatureMap\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"f\n\x0bImageResult\x12,\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x17.cnnserve.v1.Prediction\x12)\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x17.cnnserve.v1.FeatureMap\"V\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\"\x84\x01\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12)\n\x07results\x18\x03 \x03(\x0b\x32\x18.cnnserve.v1.ImageResult\x12%\n\x07timings\x18\x04 \x01(\x0b\x32\x14.cnnserve.v1.Timings\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"\x99\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05ready\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12&\n\x05input\x18\x05 \x01(\x0b\x32\x17.cnnserve.v1.TensorSpec\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12)\n\x08\x66\x65\x61tures\x18\x07 \x03(\x0b\x32\x17.cnnserve.v1.TensorSpec\x12\x10\n\x08provider\x18\x08 \x01(\t\x12\x0f\n\x07trained\x18\t \x01(\x08\x12\x10\n\x08test_acc\x18\n \x01(\x01\x12\x0e\n\x06sha256\x18\x0b \x01(\t\x12\x16\n\x0emax_batch_size\x18\x0c \x01(\x05\x12\x0e\n\x06recipe\x18\r \x01(\t\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.cnnserve.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*M\n\x0f\x46\x65\x61tureEncoding\x12\x1c\n\x18\x46\x45\x41TURE_ENCODING_FLOAT32\x10\x00\x12\x1c\n\x18\x46\x45\x41TURE_ENCODING_FLOAT16\x10\x01\x32\xe6\x01\n\nClassifier\x12G\n\x08\x43lassify\x12\x1c.cnnserve.v1.ClassifyRequest\x1a\x1d.cnnserve.v1.ClassifyResponse\x12M\n\nListModels\x12\x1e.cnnserve.v1.ListModelsRequest\x1a\x1f.cnnserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.cnnserve.v1.GetModelRequest\x1a\x16.cnnserve.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'server.proto.classifier_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FEATUREENCODING']._serialized_start=1297
-  _globals['_FEATUREENCODING']._serialized_end=1374
+  _globals['_FEATUREENCODING']._serialized_start=1333
+  _globals['_FEATUREENCODING']._serialized_end=1410
   _globals['_TENSOR']._serialized_start=46
   _globals['_TENSOR']._serialized_end=98
   _globals['_IMAGE']._serialized_start=100
   _globals['_IMAGE']._serialized_end=175
   _globals['_CLASSIFYREQUEST']._serialized_start=178
-  _globals['_CLASSIFYREQUEST']._serialized_end=352
-  _globals['_PREDICTION']._serialized_start=354
-  _globals['_PREDICTION']._serialized_end=438
-  _globals['_FEATUREMAP']._serialized_start=440
-  _globals['_FEATUREMAP']._serialized_end=510
-  _globals['_IMAGERESULT']._serialized_start=512
-  _globals['_IMAGERESULT']._serialized_end=614
-  _globals['_TIMINGS']._serialized_start=616
-  _globals['_TIMINGS']._serialized_end=702
-  _globals['_CLASSIFYRESPONSE']._serialized_start=705
-  _globals['_CLASSIFYRESPONSE']._serialized_end=837
-  _globals['_TENSORSPEC']._serialized_start=839
-  _globals['_TENSORSPEC']._serialized_end=895
-  _globals['_MODELINFO']._serialized_start=898
-  _globals['_MODELINFO']._serialized_end=1179
-  _globals['_LISTMODELSREQUEST']._serialized_start=1181
-  _globals['_LISTMODELSREQUEST']._serialized_end=1200
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1202
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1262
-  _globals['_GETMODELREQUEST']._serialized_start=1264
-  _globals['_GETMODELREQUEST']._serialized_end=1295
-  _globals['_CLASSIFIER']._serialized_start=1377
-  _globals['_CLASSIFIER']._serialized_end=1607
+  _globals['_CLASSIFYREQUEST']._serialized_end=388
+  _globals['_PREDICTION']._serialized_start=390
+  _globals['_PREDICTION']._serialized_end=474
+  _globals['_FEATUREMAP']._serialized_start=476
+  _globals['_FEATUREMAP']._serialized_end=546
+  _globals['_IMAGERESULT']._serialized_start=548
+  _globals['_IMAGERESULT']._serialized_end=650
+  _globals['_TIMINGS']._serialized_start=652
+  _globals['_TIMINGS']._serialized_end=738
+  _globals['_CLASSIFYRESPONSE']._serialized_start=741
+  _globals['_CLASSIFYRESPONSE']._serialized_end=873
+  _globals['_TENSORSPEC']._serialized_start=875
+  _globals['_TENSORSPEC']._serialized_end=931
+  _globals['_MODELINFO']._serialized_start=934
+  _globals['_MODELINFO']._serialized_end=1215
+  _globals['_LISTMODELSREQUEST']._serialized_start=1217
+  _globals['_LISTMODELSREQUEST']._serialized_end=1236
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1238
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1298
+  _globals['_GETMODELREQUEST']._serialized_start=1300
+  _globals['_GETMODELREQUEST']._serialized_end=1331
+  _globals['_CLASSIFIER']._serialized_start=1413
+  _globals['_CLASSIFIER']._serialized_end=1643
 # @@protoc_insertion_point(module_scope)

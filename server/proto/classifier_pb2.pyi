@@ -33,20 +33,22 @@ class Image(_message.Message):
     def __init__(self, encoded: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("model", "version", "images", "top_k", "features", "feature_encoding")
+    __slots__ = ("model", "version", "images", "top_k", "features", "feature_encoding", "batch")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     FEATURE_ENCODING_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     images: _containers.RepeatedCompositeFieldContainer[Image]
     top_k: int
     features: _containers.RepeatedScalarFieldContainer[str]
     feature_encoding: FeatureEncoding
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., top_k: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ..., feature_encoding: _Optional[_Union[FeatureEncoding, str]] = ...) -> None: ...
+    batch: Tensor
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., top_k: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ..., feature_encoding: _Optional[_Union[FeatureEncoding, str]] = ..., batch: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("class_index", "label", "probability", "logit")
