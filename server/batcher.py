@@ -19,8 +19,10 @@ little (resnet18 on a CPU costs the same per image at batch 1 and 64) a small va
 everyone's wait without losing throughput.
 
 Admission is per caller too: a caller with nothing queued is always admitted (a flood cannot
-lock a newcomer out; `--max-concurrent-rpcs` bounds how many there are); a caller with requests
-queued may hold at most `max_caller_images`, and the queue as a whole `max_queue_images`.
+lock a newcomer out; `--max-concurrent-rpcs` bounds how many there are); the queue as a whole
+holds at most `max_queue_images`, and once it is half full a caller with requests queued may hold
+at most `max_caller_images` (below that, one busy connection, or a proxy multiplexing many
+users, may use the room nobody else wants).
 
 Requests whose deadline passed or whose client went away (the awaiting task was cancelled) are
 dropped before compute. Any exception fails exactly the batch that raised.
@@ -133,7 +135,8 @@ class Batcher:
                 raise ResourceExhausted(
                     f"model {self.name}: the queue holds {self._queued_images} images and its limit is "
                     f"{self.options.max_queue_images}; retry later or send fewer images")
-            if self._caller_images[caller] + n > self.options.max_caller_images:
+            contended = self._queued_images + n > self.options.max_queue_images // 2
+            if contended and self._caller_images[caller] + n > self.options.max_caller_images:
                 raise ResourceExhausted(
                     f"model {self.name}: this connection has {self._caller_images[caller]} images queued and one "
                     f"caller's share is {self.options.max_caller_images}; wait for answers before sending more")

@@ -136,6 +136,19 @@ def test_a_full_queue_and_a_full_caller_share_refuse_at_once(fake):
     asyncio.run(main())
 
 
+def test_one_caller_may_use_the_room_nobody_else_wants(fake):
+    """The per-caller share applies once the queue is half full, not before (one busy connection, or a proxy)."""
+    async def main():
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_images=20, max_caller_images=3))
+        first = await hold_first_run(batcher, fake)
+        queued = await queue(batcher, *[(v, 2, "busy") for v in (2, 3, 4, 5)])     # 8 images: under half
+        with pytest.raises(ResourceExhausted, match="one caller's share is 3"):
+            await batcher.infer(images(6, 4), ["logits"], caller="busy")             # 12 > half of 20
+        release(fake)
+        await asyncio.gather(first, *queued)
+    asyncio.run(main())
+
+
 def test_expired_and_cancelled_requests_are_dropped_before_compute(fake):
     async def main():
         batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0))

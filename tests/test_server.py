@@ -308,6 +308,7 @@ def test_sigterm_under_load_answers_new_calls_unavailable_not_cancelled(serving_
     stop.set()
     for thread in callers:
         thread.join(30)
+    print("SIGTERM under load:", {c: codes.count(c) for c in set(codes)})
     assert codes.count("OK") > 50 and codes.count("CANCELLED") <= 5, {c: codes.count(c) for c in set(codes)}
     assert "shutting down" in process.log() or codes.count("UNAVAILABLE") > 0
     process.stop()
