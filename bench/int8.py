@@ -1,4 +1,4 @@
-"""Benchmark 5: int8 (ONNX Runtime static quantization, QDQ) against fp32, and both against eager PyTorch.
+"""int8 (ONNX Runtime static quantization, QDQ) against fp32, and both against eager PyTorch.
 
     python bench/int8.py [--archs lenet,lenet_bn,googlenet,resnet18,densenet,alexnet,nin] [--recheck alexnet,nin]
                          [--batches 1,64] [--threads 1,2] [--rounds 3]
@@ -8,7 +8,8 @@
    resnet18 and alexnet.
 2. The architectures where fp32 ONNX Runtime is under 2x eager PyTorch at batch 1 (alexnet, nin):
    eager, fp32 and int8 at batch 1 with 1 and 2 threads each (torch.set_num_threads, ONNX
-   Runtime's intra-op threads). Target: ONNX Runtime >= 2x eager.
+   Runtime's intra-op threads), and 2 threads without ONNX Runtime's spinning (as the server runs
+   it). Target: ONNX Runtime >= 2x eager.
 
 Trained architectures use their shipped weights, exported fp32 and int8 (int8 parity checked on
 the whole test set) into bench/results/int8-repository/ on first use; the others are random-init
@@ -45,10 +46,11 @@ def model_path(arch: str, int8: bool):
     return path
 
 
-def session(path, threads: int) -> ort.InferenceSession:
+def session(path, threads: int, spinning: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads      # 0: ONNX Runtime's default, as the server uses it
+    options.intra_op_num_threads = threads      # 0: ONNX Runtime's default, one per physical core
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -89,29 +91,32 @@ def int8_vs_fp32(archs: list[str], batches: list[int], rounds: int) -> list[dict
 
 def against_eager(archs: list[str], thread_counts: list[int], rounds: int) -> list[dict]:
     print(f"\n2. eager PyTorch against ONNX Runtime fp32 and int8, batch 1; target ORT >= {EAGER_TARGET}x eager")
-    print(f"{'arch':<10} {'threads':>7} {'eager ms':>9} {'fp32 ms':>9} {'int8 ms':>9} {'fp32 vs eager':>14} "
+    print(f"{'arch':<10} {'threads':>13} {'eager ms':>9} {'fp32 ms':>9} {'int8 ms':>9} {'fp32 vs eager':>14} "
           f"{'int8 vs eager':>14}")
     rows, x = [], images(1)
+    settings = [(t, True) for t in thread_counts] + [(t, False) for t in thread_counts if t > 1]   # (threads, spinning)
     default_threads = torch.get_num_threads()
     for arch in archs:
         torch.manual_seed(0)
         model = create_model(arch).eval()
         graph = ServingGraph(model, [], Preprocessing(side=model.input_side))
         tensor = torch.from_numpy(x)
-        for threads in thread_counts:
-            torch.set_num_threads(threads)
-            fp32, int8 = session(model_path(arch, False), threads), session(model_path(arch, True), threads)
 
-            def eager():
-                with torch.inference_mode():
-                    graph(tensor)
+        def eager():
+            with torch.inference_mode():
+                graph(tensor)
+        for threads, spinning in settings:
+            torch.set_num_threads(threads)
+            fp32, int8 = (session(model_path(arch, quantized), threads, spinning) for quantized in (False, True))
             ms = interleaved({"eager": eager, "fp32": lambda: fp32.run([LOGITS], {"image": x}),
                               "int8": lambda: int8.run([LOGITS], {"image": x})}, rounds, 1.0)
-            row = {"arch": arch, "threads": threads, "eager_ms": ms["eager"], "fp32_ms": ms["fp32"], "int8_ms": ms["int8"],
+            row = {"arch": arch, "threads": threads, "ort_spinning": spinning,
+                   "eager_ms": ms["eager"], "fp32_ms": ms["fp32"], "int8_ms": ms["int8"],
                    "fp32_vs_eager": ms["eager"] / ms["fp32"], "int8_vs_eager": ms["eager"] / ms["int8"]}
             rows.append(row)
             marks = {k: "" if row[k] >= EAGER_TARGET else " (miss)" for k in ("fp32_vs_eager", "int8_vs_eager")}
-            print(f"{arch:<10} {threads:>7} {ms['eager']:>9.2f} {ms['fp32']:>9.2f} {ms['int8']:>9.2f} "
+            label = f"{threads}{'' if spinning or threads == 1 else ', no spin'}"
+            print(f"{arch:<10} {label:>13} {ms['eager']:>9.2f} {ms['fp32']:>9.2f} {ms['int8']:>9.2f} "
                   f"{row['fp32_vs_eager']:>6.2f}x{marks['fp32_vs_eager']:<7} {row['int8_vs_eager']:>6.2f}x"
                   f"{marks['int8_vs_eager']}", flush=True)
     torch.set_num_threads(default_threads)

@@ -8,7 +8,8 @@ budget, decoding, batching, softmax and top-k, metrics and statistics.
 
 It runs on the server's event loop. Raw pixels and small encoded images are checked and decoded
 on the loop (tens of microseconds); a request with more encoded bytes than `INLINE_DECODE_BYTES`
-is decoded on a small thread pool, so one costly image cannot stall everyone else's requests.
+is decoded on a small thread pool, so one costly image cannot stall everyone else's requests
+(and at most `DECODE_THREADS` requests decode at once, each within its `DecodeBudget`).
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from server.model_store import ModelStore, ServedModel
 PER_IMAGE_OVERHEAD_BYTES = 64     # framing of one image's results in any protocol, beyond the payload
 PER_OUTPUT_OVERHEAD_BYTES = 64
 PER_PREDICTION_BYTES = 48
-INLINE_DECODE_BYTES = 64 * 1024   # encoded bytes a request may decode on the event loop itself
+# Encoded bytes a request may decode on the event loop itself. zlib inflates at most about 1000:1,
+# so 2 KB of PNG (a Fashion-MNIST image is 300-800 bytes) decodes to at most ~2 MB: milliseconds.
+INLINE_DECODE_BYTES = 2 * 1024
 DECODE_THREADS = 2                # requests decoding off the loop at once (each within its DecodeBudget)
 
 

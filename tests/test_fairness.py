@@ -71,6 +71,32 @@ def test_hundreds_of_idle_streams_do_not_delay_classify(serving_repository, tmp_
         assert server.stop() == 0
 
 
+def test_a_costly_image_being_decoded_does_not_stall_other_requests(serving_repository, tmp_path):
+    """The largest PNGs the limits allow take seconds to decode; that happens off the event loop."""
+    import threading
+
+    from test_decoder import bomb_png
+    server = SpawnedServer(serving_repository, ["--models", "lenet_bn"], log_path=tmp_path / "server.log")
+    try:
+        classify_latencies(server.stub, 10)
+        unloaded = np.median(classify_latencies(server.stub, 20))
+        costly = pb.ClassifyRequest(model="lenet_bn", images=[pb.Image(encoded=bomb_png(4096))] * 2)
+        decoding = [threading.Thread(target=server.stub.Classify, args=(costly,), kwargs={"timeout": 120})
+                    for _ in range(2)]
+        for thread in decoding:
+            thread.start()
+        time.sleep(0.2)                                   # both are decoding now (about a second each)
+        loaded = classify_latencies(server.stub, 20)
+        busy = any(thread.is_alive() for thread in decoding)
+        for thread in decoding:
+            thread.join(120)
+        print(f"Classify p50 {unloaded * 1e3:.2f} ms alone, {np.median(loaded) * 1e3:.2f} ms beside two decodes "
+              f"of 2 x 4096x4096 PNGs (still decoding after: {busy})")
+        assert np.median(loaded) < 0.1, "small requests waited for the costly decode"
+    finally:
+        assert server.stop() == 0
+
+
 def load_fairness_bench():
     spec = importlib.util.spec_from_file_location("fairness", ROOT / "bench" / "fairness.py")
     module = importlib.util.module_from_spec(spec)
