@@ -10,7 +10,7 @@ length prefix, then the serialized request) over h2c with `content-type: applica
 `te: trailers`. Install: `apt-get install nghttp2-client` (Debian/Ubuntu), `brew install nghttp2`.
 
 h2load reads neither grpc-status nor the answer, so each measurement first sends the same bytes
-once with grpcio and checks the answer (grpc-status OK, the right class for every image). During
+once with grpcio and checks the answer (grpc-status OK, the right classes). During
 the run, non-OK answers are counted two ways: the server's own failure count (KServe
 `ModelStatistics`, where the server has it), and the DATA bytes received against what the OK
 answers carry (a gRPC error comes back as headers alone, with no message).
@@ -76,8 +76,11 @@ def classify_request(model: str, count: int, encoding: str = "raw") -> tuple[byt
         images = [pb.Image(tensor=pb.Tensor(shape=[28, 28], dtype="uint8", data=p.tobytes())) for p in pixels]
     elif encoding == "png":
         images = [pb.Image(encoded=b) for b in pngs]
+    elif encoding == "batch":                # one [N, 28, 28] tensor (cnnserve.v1 `batch`, after commit 96bd026)
+        batch = pb.Tensor(shape=[count, 28, 28], dtype="uint8", data=pixels.tobytes())
+        return pb.ClassifyRequest(model=model, batch=batch, top_k=1).SerializeToString(), classes
     else:
-        raise ValueError(f"encoding {encoding!r}: raw or png")
+        raise ValueError(f"encoding {encoding!r}: raw, png or batch")
     return pb.ClassifyRequest(model=model, images=images, top_k=1).SerializeToString(), classes
 
 
@@ -476,7 +479,8 @@ def main() -> None:
     parser.add_argument("--api", choices=["cnnserve", "kserve", "echo"], default="cnnserve")
     parser.add_argument("--model", default="lenet_bn")
     parser.add_argument("--images", type=int, default=1, help="images per request")
-    parser.add_argument("--encoding", choices=["raw", "png"], default="raw", help="cnnserve.v1 images")
+    parser.add_argument("--encoding", choices=["raw", "png", "batch"], default="raw",
+                        help="cnnserve.v1 images: a tensor each, a PNG each, or one batch tensor")
     parser.add_argument("--concurrency", default="1,16,64", help="requests in flight, comma-separated levels")
     parser.add_argument("--streams", type=int, default=1, help="streams per connection (connections = concurrency / this)")
     parser.add_argument("--threads", type=int, default=1, help="h2load threads")

@@ -187,7 +187,7 @@ class Batcher:
 
     async def _wait_for_arrivals(self) -> None:
         wait_until = min(r.enqueued for r in self._queue) + self.options.max_queue_delay_s
-        while (self._queued_images < self.options.max_batch_size and self._arriving
+        while (self._queued_images < self.options.run_images and self._arriving
                and (remaining := wait_until - time.monotonic()) > 0):
             self._changed.clear()
             try:
