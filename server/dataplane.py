@@ -146,8 +146,9 @@ class DataPlane:
         except ServiceError as error:
             status = error.status
             raise
-        except asyncio.CancelledError:
-            status = "CANCELLED"
+        except asyncio.CancelledError:   # grpc.aio cancels the call when the client leaves or its deadline passes
+            expired = request.deadline is not None and time.monotonic() >= request.deadline
+            status = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
             raise
         finally:
             in_flight.dec()
