@@ -42,3 +42,13 @@ def write_json(name: str, payload) -> Path:
     path.write_text(json.dumps(payload, indent=2))
     print(f"\nwrote {path.relative_to(ROOT)}")
     return path
+
+
+def server_root() -> Path:
+    """--server-root, read before the project is imported: which checkout's server (and session options) to use."""
+    for i, arg in enumerate(sys.argv):
+        if arg == "--server-root" and i + 1 < len(sys.argv):
+            return Path(sys.argv[i + 1]).resolve()
+        if arg.startswith("--server-root="):
+            return Path(arg.split("=", 1)[1]).resolve()
+    return ROOT

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import grpc
 import h2load
-from common import RESULTS, ROOT, write_json
+from common import RESULTS, ROOT, server_root, write_json
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc
 
@@ -43,15 +43,6 @@ ROWS = [  # (case, model, images per request, concurrency)
     ("lenet_bn", "lenet_bn", 1, 1), ("lenet_bn", "lenet_bn", 1, 16), ("lenet_bn", "lenet_bn", 1, 64),
     ("lenet_bn x64", "lenet_bn", 64, 4), ("resnet18", "resnet18", 1, 1), ("resnet18", "resnet18", 1, 32)]
 ECHO_LEVELS = (1, 16, 64)
-
-
-def server_root() -> Path:
-    for i, arg in enumerate(sys.argv):
-        if arg == "--server-root" and i + 1 < len(sys.argv):
-            return Path(sys.argv[i + 1]).resolve()
-        if arg.startswith("--server-root="):
-            return Path(arg.split("=", 1)[1]).resolve()
-    return ROOT
 
 
 SERVER_ROOT = server_root()

@@ -35,18 +35,7 @@ from pathlib import Path
 import grpc
 import h2load
 import onnxruntime
-from common import RESULTS, ROOT, write_json
-
-
-def server_root() -> Path:
-    """--server-root, read before the project is imported: which checkout's server (and session options) to use."""
-    for i, arg in enumerate(sys.argv):
-        if arg == "--server-root" and i + 1 < len(sys.argv):
-            return Path(sys.argv[i + 1]).resolve()
-        if arg.startswith("--server-root="):
-            return Path(arg.split("=", 1)[1]).resolve()
-    return ROOT
-
+from common import RESULTS, ROOT, server_root, write_json
 
 SERVER_ROOT = server_root()
 sys.path.insert(0, str(SERVER_ROOT))
