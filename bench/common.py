@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -52,3 +53,13 @@ def server_root() -> Path:
         if arg.startswith("--server-root="):
             return Path(arg.split("=", 1)[1]).resolve()
     return ROOT
+
+
+def start_echo(script: Path, root: Path) -> tuple[subprocess.Popen, str]:
+    """Start a bare echo server script that prints its port; return the process and its target."""
+    process = subprocess.Popen([sys.executable, str(script)], cwd=root, stdout=subprocess.PIPE, text=True)
+    port = process.stdout.readline().strip()
+    if not port.isdigit():
+        process.kill()
+        raise RuntimeError(f"{script} did not start (printed {port!r})")
+    return process, f"127.0.0.1:{port}"

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import grpc
 import h2load
-from common import RESULTS, ROOT, server_root, write_json
+from common import RESULTS, ROOT, server_root, start_echo, write_json
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc
 
@@ -164,15 +164,6 @@ def start_triton(venv: Path, facts: dict, repository: Path, run_dir: Path) -> Ru
     wait_ready("Triton", target, process, log)
     return Running("Triton", target, process, f"{server_version(target)} (nvidia-pytriton {facts['pytriton']})",
                    "Python backend, 1 instance (KIND_CPU), dynamic batching max_batch_size 64, no queue delay")
-
-
-def start_echo(script: Path, root: Path) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, str(script)], cwd=root, stdout=subprocess.PIPE, text=True)
-    port = process.stdout.readline().strip()
-    if not port.isdigit():
-        process.kill()
-        raise RuntimeError(f"{script} did not start (printed {port!r})")
-    return process, f"127.0.0.1:{port}"
 
 
 def summary_table(results: dict, labels: list[str]) -> list[str]:

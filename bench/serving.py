@@ -35,7 +35,7 @@ from pathlib import Path
 import grpc
 import h2load
 import onnxruntime
-from common import RESULTS, ROOT, server_root, write_json
+from common import RESULTS, ROOT, server_root, start_echo, write_json
 
 SERVER_ROOT = server_root()
 sys.path.insert(0, str(SERVER_ROOT))
@@ -82,15 +82,6 @@ class Target:
         if self.at_least:
             return f"MISS by {1 - self.ratio:.0%}: needs {self.bound / max(self.measured, 1e-9):.2f}x more"
         return f"MISS by {self.ratio - 1:.0%}: {self.ratio:.2f}x the limit"
-
-
-def start_echo(script: Path, root: Path) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, str(script)], cwd=root, stdout=subprocess.PIPE, text=True)
-    port = process.stdout.readline().strip()
-    if not port.isdigit():
-        process.kill()
-        raise RuntimeError(f"{script} did not start (printed {port!r})")
-    return process, f"127.0.0.1:{port}"
 
 
 def in_process(runtime: ModelRuntime, batch: int, seconds: float = 3.0) -> tuple[float, float]:
