@@ -11,7 +11,7 @@ import pytest
 
 from cnnserve.spawn import ROOT, SpawnedServer
 from export.onnx import export, main
-from export.quantize import CALIBRATION_IMAGES, QUANTIZED_OPS
+from export.quantize import CALIBRATION_IMAGES, QUANTIZED_OPS, float_concats
 from server.client import encoded_image, feature_array, raw_image
 from server.proto import classifier_pb2 as pb
 
@@ -65,6 +65,18 @@ def test_the_file_is_quantized_per_channel_and_keeps_the_served_interface(int8_r
     config = (int8_repository / "lenet_bn_int8" / "config.pbtxt").read_text()
     assert 'name: "lenet_bn_int8"' in config
     assert "Conv" in QUANTIZED_OPS and "BatchNormalization" not in QUANTIZED_OPS
+
+
+def test_only_a_concat_that_feeds_a_batchnorm_stays_float():
+    """DenseNet's Concat -> BatchNorm stays float (one scale over channels of many layers); GoogLeNet's
+    Concat -> Conv is quantized."""
+    h = onnx.helper
+    nodes = [h.make_node("Concat", ["a", "b"], ["ab"], name="to_bn", axis=1),
+             h.make_node("BatchNormalization", ["ab", "s", "o", "m", "v"], ["n"], name="bn"),
+             h.make_node("Concat", ["a", "n"], ["an"], name="to_conv", axis=1),
+             h.make_node("Conv", ["an", "w"], ["y"], name="conv")]
+    graph = h.make_graph(nodes, "g", [], [])
+    assert float_concats(h.make_model(graph)) == ["to_bn"]
 
 
 def test_the_server_serves_it_with_its_feature_maps(server, metadata, fashion):
