@@ -186,6 +186,8 @@ class Batcher:
                 log.exception("%s: the batch scheduler failed; it goes on", self.name)
 
     async def _wait_for_arrivals(self) -> None:
+        if not self._arriving:             # the common case: nothing is being decoded off the loop
+            return
         wait_until = min(r.enqueued for r in self._queue) + self.options.max_queue_delay_s
         while (self._queued_images < self.options.run_images and self._arriving
                and (remaining := wait_until - time.monotonic()) > 0):
