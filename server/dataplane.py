@@ -136,8 +136,7 @@ class DataPlane:
     async def _counted_infer(self, request: InferRequest) -> InferResult:
         start = time.perf_counter()
         label = request.model if request.model in self.store.models else "<unknown>"
-        in_flight = self.metrics.child(self.metrics.in_flight, label)
-        in_flight.inc()
+        self.metrics.started(label)
         status, result = "INTERNAL", None
         try:
             result = await self._infer(request, start)
@@ -151,7 +150,7 @@ class DataPlane:
             status = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
             raise
         finally:
-            in_flight.dec()
+            self.metrics.finished(label)
             self.metrics.record(label, status, time.perf_counter() - start,
                                 *((result.outputs[LOGITS].shape[0], result.queue_s, result.compute_s) if result else ()))
 
@@ -173,11 +172,7 @@ class DataPlane:
                     self._decoder, decode_images, request.images, limit, side)
         decode_s = time.perf_counter() - start
         result = await model.batcher.infer(pixels, [LOGITS, *features], request.deadline, request.caller)
-        logits = result.outputs[LOGITS]
-        top_indices = top_probabilities = None
-        if top_k:
-            top_indices = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
-            top_probabilities = np.take_along_axis(softmax(logits), top_indices, axis=1)
+        top_indices, top_probabilities = top_classes(result.outputs[LOGITS], top_k) if top_k else (None, None)
         return InferResult(model.name, model.version.version, labels, result.outputs, top_indices, top_probabilities,
                            decode_s, result.queue_s, result.compute_s, result.batch_size, features, pixels)
 
@@ -245,6 +240,10 @@ def check_batch(batch: np.ndarray, limit: int, side: int) -> np.ndarray:
     return batch
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+def top_classes(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best classes of each row of logits [N, classes], best first (ties: the lower index), and their
+    softmax probabilities. Done per request (N is often 1), so in as few numpy calls as possible."""
+    indices = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    peak = logits.max(axis=1, keepdims=True)
+    top = logits[np.arange(len(logits))[:, None], indices]
+    return indices, np.exp(top - peak) / np.exp(logits - peak).sum(axis=1, keepdims=True)

@@ -45,6 +45,7 @@ class Metrics:
                                     ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.in_flight = Gauge("cnnserve_in_flight_requests", "Classify requests being handled",
                                ["model"], registry=r)
+        self._in_flight: dict[str, int] = {}     # counted on the event loop, read by the gauge when scraped
 
     def child(self, metric, *labels: str):
         """metric.labels(*labels), looked up once: prometheus_client's `labels` costs microseconds per call,
@@ -54,6 +55,17 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+    def started(self, model: str) -> None:
+        """A request for `model` is being handled (a plain count: a Gauge's inc/dec takes a lock each time)."""
+        count = self._in_flight.get(model)
+        if count is None:
+            self.in_flight.labels(model).set_function(lambda: self._in_flight[model])
+            count = 0
+        self._in_flight[model] = count + 1
+
+    def finished(self, model: str) -> None:
+        self._in_flight[model] -= 1
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -122,12 +122,12 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
         response = pb.ClassifyResponse(model=result.model, version=result.version, timings=pb.Timings(
             decode_ms=result.decode_s * 1e3, queue_ms=result.queue_s * 1e3, compute_ms=result.compute_s * 1e3,
             batch_size=result.batch_size))
-        logits = result.outputs[LOGITS]
-        for i in range(len(logits)):
+        logits, labels = result.outputs[LOGITS].tolist(), result.labels    # Python floats: cheaper to copy out
+        for i, (classes, probabilities) in enumerate(zip(result.top_indices.tolist(),
+                                                         result.top_probabilities.tolist())):
             item = response.results.add()
-            for c, p in zip(result.top_indices[i], result.top_probabilities[i]):
-                item.predictions.add(class_index=int(c), label=result.labels[c], probability=float(p),
-                                     logit=float(logits[i, c]))
+            for c, p in zip(classes, probabilities):
+                item.predictions.add(class_index=c, label=labels[c], probability=p, logit=logits[i][c])
             for name in result.features:
                 values = result.outputs[name][i]
                 item.features.add(name=name, shape=values.shape, dtype=dtype.name,
