@@ -35,7 +35,7 @@ from server.reflection import enable as enable_reflection
 from server.runtime import RuntimeOptions, preload_cuda_libraries, providers_for
 from server.security import SecurityOptions, TokenInterceptor, server_credentials
 from server.security import load as load_security
-from server.service import ClassifierService, add_servicer
+from server.service import ClassifierService, GenericHandlersOnly, add_servicer
 
 log = logging.getLogger("server")
 SERVICE_NAME = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
@@ -81,6 +81,14 @@ def configure_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
 
 
+def add_services(server: grpc.aio.Server, dataplane: DataPlane, health_servicer: HealthServicer) -> None:
+    """cnnserve.v1, KServe v2, health and reflection, all as generic handlers (see GenericHandlersOnly)."""
+    add_servicer(server, ClassifierService(dataplane), classifier_pb2.DESCRIPTOR.services_by_name["Classifier"])
+    add_servicer(server, KServeGrpcService(dataplane), KSERVE_DESCRIPTOR)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, GenericHandlersOnly(server))
+    enable_reflection(server, (SERVICE_NAME, KSERVE_DESCRIPTOR.full_name, HEALTH_SERVICE_NAME))
+
+
 def serve(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT; then stop accepting, let in-flight calls finish within the grace period."""
     asyncio.run(serve_async(config))
@@ -112,11 +120,8 @@ async def serve_async(config: ServerConfig) -> None:
     dataplane = DataPlane(store, metrics, max_response_bytes=config.max_message_mb * 2**20)
     http = None if config.http_port is None else HttpFront(dataplane, config.host, config.http_port,
                                                            config.max_message_mb * 2**20, security)
-    add_servicer(server, ClassifierService(dataplane), classifier_pb2.DESCRIPTOR.services_by_name["Classifier"])
-    add_servicer(server, KServeGrpcService(dataplane), KSERVE_DESCRIPTOR)
     health_servicer = HealthServicer(["", SERVICE_NAME, KSERVE_DESCRIPTOR.full_name, *store.models])
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    enable_reflection(server, (SERVICE_NAME, KSERVE_DESCRIPTOR.full_name, HEALTH_SERVICE_NAME))
+    add_services(server, dataplane, health_servicer)
     address = f"{config.host}:{config.port}"
     try:
         bound = (server.add_secure_port(address, server_credentials(security)) if security.tls

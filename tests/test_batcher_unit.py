@@ -24,10 +24,12 @@ class FakeRuntime:
         self.gate.set()
         self.running = threading.Event()
         self.failure: Exception | None = None    # raised by any run that holds an image of value 2
+        self.delay = 0.0                         # seconds each run takes
 
     def run(self, images, outputs):
         self.running.set()
         self.gate.wait(5)
+        time.sleep(self.delay)
         self.batches.append(images[:, 0, 0, 0].tolist())
         if self.failure and (images[:, 0, 0, 0] == 2).any():
             raise self.failure
@@ -212,3 +214,46 @@ def test_a_batch_waits_for_a_request_being_decoded_but_not_for_absent_company(fa
     alone_s = asyncio.run(main())
     assert alone_s < 0.25, "a lone request waited for the delay"
     assert fake.batches == [[1], [2, 3]]
+
+
+async def make_active(batcher: Batcher, *callers: str) -> None:
+    """Each caller sends one request and gets its answer: they are now the batcher's recently active callers."""
+    await asyncio.gather(*(batcher.infer(images(9), ["logits"], caller=c) for c in callers))
+
+
+def test_an_inline_run_waits_for_callers_that_have_been_active(fake):
+    """gRPC hands the event loop one new call at a time, so without this wait every inline run had a batch of one."""
+    async def main():
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0.5))
+        await make_active(batcher, "a", "b", "c")
+        fake.batches.clear()
+        tasks = []
+        for value, caller in ((4, "a"), (5, "b"), (6, "c")):   # closed-loop clients come back one by one
+            tasks.append(asyncio.create_task(batcher.infer(images(value), ["logits"], caller=caller)))
+            await asyncio.sleep(0.02)
+        return await asyncio.gather(*tasks)
+    results = asyncio.run(main())
+    assert fake.batches == [[4, 5, 6]]
+    assert results[0].queue_s >= 0.03, "the first request did not wait for the others"
+    assert results[0].queue_s < 0.25, "the run waited past the last expected caller"
+
+
+def test_a_caller_that_does_not_come_back_delays_a_run_by_at_most_the_queue_delay(fake):
+    async def main():
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0.1))
+        await make_active(batcher, "a", "b")
+        waited = (await batcher.infer(images(1), ["logits"], caller="a")).queue_s   # "b" never sends again
+        await asyncio.sleep(0.1)                                                     # ... and is forgotten
+        return waited, (await batcher.infer(images(1), ["logits"], caller="a")).queue_s
+    waited, later = asyncio.run(main())
+    assert 0.09 <= waited < 0.3, waited
+    assert later < 0.05, f"a caller idle for 0.1 s still held a run for {later:.3f} s"
+
+
+def test_a_run_on_the_compute_thread_does_not_wait_for_company(fake):
+    async def main():
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0.5))
+        fake.delay = 0.005                       # runs this long go to the compute thread
+        await make_active(batcher, "a", "b")
+        return (await batcher.infer(images(1), ["logits"], caller="a")).queue_s
+    assert asyncio.run(main()) < 0.25

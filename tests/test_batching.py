@@ -1,5 +1,6 @@
 """Dynamic batching through a real server: merged runs seen in its metrics, same results, a
 bounded queue, and expired requests dropped before compute."""
+import threading
 import time
 
 import grpc
@@ -10,6 +11,7 @@ from cnnserve.spawn import SpawnedServer
 from server.client import raw_image
 from server.metrics import sample_value
 from server.proto import classifier_pb2 as pb
+from server.proto import classifier_pb2_grpc as pb_grpc
 
 # Real servers under load; the batcher alone is tested fast in test_batcher_unit.py.
 pytestmark = pytest.mark.slow
@@ -111,3 +113,34 @@ def test_cancelled_request_is_dropped_before_compute(slow_server):
     after = slow_server.metrics()
     assert runs_between(before, after) == 1, "only the 64-image request ran; the cancelled one was dropped"
     assert sample_value(after, "cnnserve_requests_total", model="resnet18", code="CANCELLED") == 1
+
+
+def test_callers_on_their_own_connections_form_batches_on_a_model_that_runs_on_the_loop(server):
+    """lenet_bn runs on the event loop itself (a run is tens of microseconds). gRPC hands the loop one new call at
+    a time, so before the batcher waited for recently active callers every run had one image at any load."""
+    from server.channel import connect
+    callers, seconds = 12, 2.0
+    channels = [connect(server.target, own_connection=True) for _ in range(callers)]
+    stubs = [pb_grpc.ClassifierStub(channel) for channel in channels]
+    request = pb.ClassifyRequest(model="lenet_bn", images=images(1))
+    for stub in stubs:
+        stub.Classify(request, timeout=30)                     # connected, and known to the batcher
+    before, answered = server.metrics(), []
+
+    def caller(stub):
+        stop = time.monotonic() + seconds
+        while time.monotonic() < stop:
+            answered.append(stub.Classify(request, timeout=30).results[0].predictions[0].class_index)
+
+    threads = [threading.Thread(target=caller, args=(stub,)) for stub in stubs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = server.metrics()
+    for channel in channels:
+        channel.close()
+    runs = metric(after, "cnnserve_batch_size_count", "lenet_bn") - metric(before, "cnnserve_batch_size_count", "lenet_bn")
+    batched = metric(after, "cnnserve_batch_size_sum", "lenet_bn") - metric(before, "cnnserve_batch_size_sum", "lenet_bn")
+    assert batched == len(answered) and len(set(answered)) == 1
+    assert batched / runs >= 2, f"mean batch {batched / runs:.2f} from {callers} closed-loop callers ({runs:.0f} runs)"
