@@ -55,11 +55,20 @@ def server_root() -> Path:
     return ROOT
 
 
-def start_echo(script: Path, root: Path) -> tuple[subprocess.Popen, str]:
-    """Start a bare echo server script that prints its port; return the process and its target."""
-    process = subprocess.Popen([sys.executable, str(script)], cwd=root, stdout=subprocess.PIPE, text=True)
+def start_echo(script: Path, root: Path, processes: int = 1) -> tuple[subprocess.Popen, str]:
+    """Start a bare echo server script that prints its port (with `processes` > 1, it starts that many
+    sharing the port, as `python -m server --workers`); return the first process and its target."""
+    extra = ["--processes", str(processes)] if processes > 1 else []     # older checkouts' echoes lack the flag
+    process = subprocess.Popen([sys.executable, str(script), *extra], cwd=root, stdout=subprocess.PIPE, text=True)
     port = process.stdout.readline().strip()
     if not port.isdigit():
         process.kill()
         raise RuntimeError(f"{script} did not start (printed {port!r})")
     return process, f"127.0.0.1:{port}"
+
+
+def start_copies(script: str, port: int, count: int) -> list[subprocess.Popen]:
+    """`count` more processes of an echo script serving the same port (SO_REUSEPORT, gRPC's default on Linux),
+    children of the caller, so the CPU time measured over its process tree counts them."""
+    return [subprocess.Popen([sys.executable, script, "--port", str(port)], stdout=subprocess.DEVNULL)
+            for _ in range(count)]

@@ -2,6 +2,7 @@
 
     python bench/peers.py --peers-venv /work/peers-venv [--runs 3] [--duration 10] [--label main]
     python bench/peers.py --peers-venv /work/peers-venv --server-root /work/before --label before
+    python bench/peers.py --cnnserve-workers 1,2 ...      # cnnserve once per setting, side by side
 
 Run on demand, not in CI: MLServer and Triton live in their own virtual environment (install:
 bench/peers/README.md). All three serve the shipped `lenet_bn` and `resnet18` model files on
@@ -202,6 +203,8 @@ def main() -> None:
                         help="the virtual environment with mlserver and nvidia-pytriton (bench/peers/README.md)")
     parser.add_argument("--server-root", type=Path, default=ROOT, help="the checkout whose cnnserve server runs")
     parser.add_argument("--servers", default=",".join(SERVERS), help="which of cnnserve,mlserver,triton")
+    parser.add_argument("--cnnserve-workers", default="1",
+                        help="comma-separated `--workers` settings; cnnserve runs once per setting (e.g. 1,2)")
     parser.add_argument("--no-echo", action="store_true", help="leave out the bare grpcio echoes")
     parser.add_argument("--label", default="main", help="names the output files: bench/results/peers-<label>.*")
     parser.add_argument("--runs", type=int, default=3, help="interleaved rounds; each measurement is the median")
@@ -215,15 +218,20 @@ def main() -> None:
     facts = venv_facts(args.peers_venv) if {"mlserver", "triton"} & set(servers) else {}
     running: list[Running] = []
     echoes: list[tuple[str, subprocess.Popen, str]] = []
-    cnnserve = None
+    spawned: list[SpawnedServer] = []
     try:
-        if "cnnserve" in servers:
-            cnnserve = SpawnedServer(repository, ["--models", ",".join(MODELS)], log_path=run_dir / "cnnserve.log")
+        for workers in (int(w) for w in args.cnnserve_workers.split(",")) if "cnnserve" in servers else ():
+            flags = ["--workers", str(workers)] if workers > 1 else []
+            name = f"cnnserve {' '.join(flags)}".strip()
+            cnnserve = SpawnedServer(repository, ["--models", ",".join(MODELS), *flags],
+                                     log_path=run_dir / f"{name.replace(' ', '')}.log")
+            spawned.append(cnnserve)
             commit = subprocess.run(["git", "-C", str(SERVER_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                     text=True).stdout.strip()
-            running.append(Running("cnnserve", cnnserve.target, cnnserve.process,
+            running.append(Running(name, cnnserve.target, cnnserve.process,
                                    f"{server_version(cnnserve.target)} ({SERVER_ROOT}, commit {commit})",
-                                   "python -m server defaults; batching from config.pbtxt (64 images, 2 ms)"))
+                                   f"python -m server {' '.join(flags) or 'defaults'}; batching from config.pbtxt "
+                                   "(64 images, 2 ms)", statistics=workers == 1))   # per worker: no mean batch
         if "mlserver" in servers:
             running.append(start_mlserver(args.peers_venv, facts, repository, run_dir))
         if "triton" in servers:
@@ -255,7 +263,7 @@ def main() -> None:
     finally:
         for server in running:
             server.stop()
-        if cnnserve:
+        for cnnserve in spawned:
             cnnserve.channel.close()
         for _, process, _ in echoes:
             process.terminate()
