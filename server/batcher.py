@@ -33,6 +33,11 @@ holds at most `max_queue_images`, and once it is half full a caller with request
 at most `max_caller_images` (below that, one busy connection, or a proxy multiplexing many
 users, may use the room nobody else wants).
 
+Ranking: a request that names the output `RANKING` also gets `RANKED_PROBABILITIES`; both are
+derived from the logits once per run (softmax and a stable argsort over the whole batch), so a
+request's top-k is a slice rather than a dozen numpy calls on its one row (measured: ~10% of the
+event loop's time for single-image requests).
+
 Requests whose deadline passed or whose client went away (the awaiting task was cancelled) are
 dropped before compute. Any exception fails exactly the batch that raised.
 """
@@ -51,7 +56,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cnnserve.spec import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US
+from cnnserve.spec import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US, LOGITS
 from server.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from server.runtime import ModelRuntime
 
@@ -62,6 +67,8 @@ QUEUED_BATCHES = 16   # by default a model's queue holds this many full batches 
 INLINE_RUN_S = 0.001  # runs expected to be shorter than this skip the compute thread
 ACTIVE_CALLER_S = 0.05   # a caller seen this recently is expected back (closed-loop clients send again at once)
 CALLER_BATCHES = 2    # ... of which one caller may hold this many
+RANKING = "ranking"                            # derived: class indices, best logit first (ties: lower index) [N, C]
+RANKED_PROBABILITIES = "ranked_probabilities"  # derived: their softmax probabilities, in that order [N, C]
 
 
 @dataclass(frozen=True)
@@ -272,19 +279,27 @@ class Batcher:
             del self._caller_images[request.caller]
             del self._caller_tag[request.caller]
 
+    def _compute_run(self, images: np.ndarray, outputs: list[str], ranked: bool) -> dict[str, np.ndarray]:
+        results = self.runtime.run(images, outputs)
+        if ranked:
+            results[RANKING], results[RANKED_PROBABILITIES] = rank_classes(results[LOGITS])
+        return results
+
     async def _run(self, batch: list[tuple[_Request, int, int]]) -> None:
         """Run one batch; any failure (ONNX Runtime's, or a missing output) fails its requests, not the model."""
         requests = [request for request, _, _ in batch]
         try:
-            outputs = [name for name in self.runtime.output_names if any(name in r.outputs for r in requests)]
+            wanted = {name for request in requests for name in request.outputs}
+            ranked = RANKING in wanted
+            outputs = [name for name in self.runtime.output_names if name in wanted or (ranked and name == LOGITS)]
             slices = [request.images[first:stop] for request, first, stop in batch]
             images = slices[0] if len(slices) == 1 else np.concatenate(slices)
             start = time.monotonic()
             if self._image_s is not None and self._image_s * len(images) < INLINE_RUN_S:
-                results = self.runtime.run(images, outputs)
+                results = self._compute_run(images, outputs, ranked)
             else:
-                results = await asyncio.get_running_loop().run_in_executor(self._compute, self.runtime.run, images,
-                                                                           outputs)
+                results = await asyncio.get_running_loop().run_in_executor(self._compute, self._compute_run, images,
+                                                                           outputs, ranked)
             compute_s = time.monotonic() - start
             per_image = compute_s / len(images)
             self._image_s = per_image if self._image_s is None else 0.9 * self._image_s + 0.1 * per_image
@@ -309,3 +324,11 @@ class Batcher:
                 outputs = parts[0] if len(parts) == 1 else {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
                 request.future.set_result(BatchResult(outputs, queue_s=request.started - request.enqueued,
                                                       compute_s=request.compute_s, batch_size=request.batch_size))
+
+
+def rank_classes(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's classes, best logit first (ties: the lower index), and their softmax probabilities in that order."""
+    ranking = np.argsort(-logits, axis=1, kind="stable")
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    return ranking, np.take_along_axis(probabilities, ranking, axis=1)

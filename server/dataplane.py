@@ -4,7 +4,7 @@ Adapters (`server/service.py` for cnnserve.v1, `server/kserve.py` for KServe v2 
 `server/http.py` for KServe v2 over HTTP) only convert their messages to an `InferRequest` and
 an `InferResult` back, and map `ServiceError.status` to their own codes. Everything else lives
 here once: model lookup, the checks and their messages, feature selection, the response-size
-budget, decoding, batching, softmax and top-k, metrics and statistics.
+budget, decoding, batching (which ranks the classes once per run), top-k, metrics and statistics.
 
 It runs on the server's event loop. Raw pixels and small encoded images are checked and decoded
 on the loop (tens of microseconds); a request with more encoded bytes than `INLINE_DECODE_BYTES`
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cnnserve.spec import LOGITS, UnknownFeatures, select_features
+from server.batcher import RANKED_PROBABILITIES, RANKING
 from server.errors import InvalidArgument, NotFound, ResourceExhausted, ServiceError, Unavailable, quote
 from server.images import DecodeBudget, decode_encoded, decode_tensor
 from server.metrics import Metrics
@@ -171,9 +172,12 @@ class DataPlane:
                 pixels = await asyncio.get_running_loop().run_in_executor(
                     self._decoder, decode_images, request.images, limit, side)
         decode_s = time.perf_counter() - start
-        result = await model.batcher.infer(pixels, [LOGITS, *features], request.deadline, request.caller)
-        top_indices, top_probabilities = top_classes(result.outputs[LOGITS], top_k) if top_k else (None, None)
-        return InferResult(model.name, model.version.version, labels, result.outputs, top_indices, top_probabilities,
+        ranking = [RANKING, RANKED_PROBABILITIES] if top_k else []
+        result = await model.batcher.infer(pixels, [LOGITS, *ranking, *features], request.deadline, request.caller)
+        outputs, top_indices, top_probabilities = result.outputs, None, None
+        if top_k:      # ranked once per run by the batcher; this request's top-k is a slice
+            top_indices, top_probabilities = outputs.pop(RANKING)[:, :top_k], outputs.pop(RANKED_PROBABILITIES)[:, :top_k]
+        return InferResult(model.name, model.version.version, labels, outputs, top_indices, top_probabilities,
                            decode_s, result.queue_s, result.compute_s, result.batch_size, features, pixels)
 
     def check_response_size(self, model: ServedModel, n_images: int, features: list[str], itemsize: int,
@@ -238,12 +242,3 @@ def check_batch(batch: np.ndarray, limit: int, side: int) -> np.ndarray:
                               f"[N, 1, {side}, {side}] or [N, {side}, {side}]")
     check_count(len(batch), limit)
     return batch
-
-
-def top_classes(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best classes of each row of logits [N, classes], best first (ties: the lower index), and their
-    softmax probabilities. Done per request (N is often 1), so in as few numpy calls as possible."""
-    indices = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-    peak = logits.max(axis=1, keepdims=True)
-    top = logits[np.arange(len(logits))[:, None], indices]
-    return indices, np.exp(top - peak) / np.exp(logits - peak).sum(axis=1, keepdims=True)

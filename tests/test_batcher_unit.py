@@ -257,3 +257,20 @@ def test_a_run_on_the_compute_thread_does_not_wait_for_company(fake):
         await make_active(batcher, "a", "b")
         return (await batcher.infer(images(1), ["logits"], caller="a")).queue_s
     assert asyncio.run(main()) < 0.25
+
+
+def test_ranked_requests_get_classes_best_first_with_softmax_probabilities(fake):
+    from server.batcher import RANKED_PROBABILITIES, RANKING, rank_classes
+
+    async def main():
+        batcher = Batcher("m", fake, BatchingOptions())
+        return await asyncio.gather(batcher.infer(images(3, 2), ["logits", RANKING, RANKED_PROBABILITIES]),
+                                    batcher.infer(images(4), ["logits"]))
+    ranked, plain = asyncio.run(main())
+    assert ranked.outputs[RANKING].tolist() == [list(range(10))] * 2            # all ties: the lower index first
+    np.testing.assert_allclose(ranked.outputs[RANKED_PROBABILITIES], 0.1, rtol=1e-6)
+    assert list(plain.outputs) == ["logits"]
+    ranking, probabilities = rank_classes(np.array([[1.0, 3.0, 3.0, -2.0]], dtype=np.float32))
+    assert ranking.tolist() == [[1, 2, 0, 3]]
+    expected = np.exp([3.0, 3.0, 1.0, -2.0]) / np.exp([1.0, 3.0, 3.0, -2.0]).sum()
+    np.testing.assert_allclose(probabilities[0], expected, rtol=1e-6)
