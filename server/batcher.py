@@ -64,9 +64,9 @@ log = logging.getLogger(__name__)
 
 
 QUEUED_BATCHES = 16   # by default a model's queue holds this many full batches of images
+CALLER_BATCHES = 2    # ... of which one caller may hold this many
 INLINE_RUN_S = 0.001  # runs expected to be shorter than this skip the compute thread
 ACTIVE_CALLER_S = 0.05   # a caller seen this recently is expected back (closed-loop clients send again at once)
-CALLER_BATCHES = 2    # ... of which one caller may hold this many
 RANKING = "ranking"                            # derived: class indices, best logit first (ties: lower index) [N, C]
 RANKED_PROBABILITIES = "ranked_probabilities"  # derived: their softmax probabilities, in that order [N, C]
 
