@@ -231,7 +231,7 @@ def main() -> None:
             running.append(Running(name, cnnserve.target, cnnserve.process,
                                    f"{server_version(cnnserve.target)} ({SERVER_ROOT}, commit {commit})",
                                    f"python -m server {' '.join(flags) or 'defaults'}; batching from config.pbtxt "
-                                   "(64 images, 2 ms)", statistics=workers == 1))   # per worker: no mean batch
+                                   "(64 images, 2 ms)"))
         if "mlserver" in servers:
             running.append(start_mlserver(args.peers_venv, facts, repository, run_dir))
         if "triton" in servers:

@@ -57,6 +57,8 @@ class ServerConfig:
     max_queue_images: int | None = None
     max_run_images: int | None = None
     reuse_port: bool = False                # several worker processes share one port
+    worker: int = 0                         # with --workers: this process's index
+    shared_statistics: Path | None = None   # with --workers: the directory where the workers share totals
     strict: bool = False                    # exit when any model fails to load (Triton's default)
     # Connection hygiene: one client must not hold the server's threads or sockets forever.
     max_concurrent_rpcs: int = 256          # beyond this, RESOURCE_EXHAUSTED at once (streams count too)
@@ -98,7 +100,7 @@ async def serve_async(config: ServerConfig) -> None:
     providers_for(config.runtime.device)   # `--device cuda` without CUDA fails here, before anything starts
     security = load_security(config.security)
     preload_cuda_libraries()
-    metrics = Metrics()
+    metrics = Metrics(config.shared_statistics, config.worker)
     if config.metrics_port is not None:
         try:
             metrics.serve(config.metrics_port, config.host)
@@ -137,6 +139,7 @@ async def serve_async(config: ServerConfig) -> None:
         http.start()
         log.info("KServe v2 HTTP on http://%s:%d/v2", config.host, config.http_port)
 
+    publisher = asyncio.create_task(metrics.publish_forever()) if config.shared_statistics else None
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
@@ -171,5 +174,8 @@ async def serve_async(config: ServerConfig) -> None:
     if http:
         await http.stop(remaining)
     await server.stop(remaining)
+    if publisher:
+        publisher.cancel()
+        metrics.publish()           # the last of this worker's counts stay in the other workers' answers
     store.close()
     log.info("stopped")

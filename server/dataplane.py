@@ -34,16 +34,19 @@ PER_PREDICTION_BYTES = 48
 # Encoded bytes a request may decode on the event loop itself. zlib inflates at most about 1000:1,
 # so 2 KB of PNG (a Fashion-MNIST image is 300-800 bytes) decodes to at most ~2 MB: milliseconds.
 INLINE_DECODE_BYTES = 2 * 1024
+DEADLINE_CLOCK_SLACK_S = 0.005
 DECODE_THREADS = 2                # requests decoding off the loop at once (each within its DecodeBudget)
 
 
-@dataclass(frozen=True)
+# Images and requests are plain slotted dataclasses, not frozen ones: a frozen dataclass's __init__ sets
+# each field through object.__setattr__, ~3x the cost, and a 64-image request builds 64 images.
+@dataclass(slots=True)
 class EncodedImage:
     """A PNG or JPEG file, fitted to the model's input the Fashion-MNIST way."""
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PixelImage:
     """One image's raw pixels: shape [side, side] or [1, side, side], dtype uint8 (0..255) or float32 (0..1)."""
     shape: Sequence[int]
@@ -51,7 +54,7 @@ class PixelImage:
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InferRequest:
     model: str
     version: int = 0                             # 0: the version the server loaded
@@ -147,7 +150,9 @@ class DataPlane:
             status = error.status
             raise
         except asyncio.CancelledError:   # grpc.aio cancels the call when the client leaves or its deadline passes
-            expired = request.deadline is not None and time.monotonic() >= request.deadline
+            # gRPC's deadline timer and our copy of the deadline (read from it a moment later) are two clocks:
+            # a cancellation within a few ms of our copy counts as the deadline, not as the client leaving.
+            expired = request.deadline is not None and time.monotonic() >= request.deadline - DEADLINE_CLOCK_SLACK_S
             status = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
             raise
         finally:
@@ -218,6 +223,8 @@ def check_count(n: int, limit: int) -> None:
 
 def decode_images(images: Sequence[EncodedImage | PixelImage], limit: int, side: int) -> np.ndarray:
     check_count(len(images), limit)
+    if all_raw_pixels(images, side):     # the common case, in one copy (per image: ~8x the cost at 64 images)
+        return np.frombuffer(b"".join([image.data for image in images]), np.uint8).reshape(len(images), 1, side, side)
     pixels = np.empty((len(images), 1, side, side), dtype=np.uint8)
     budget = DecodeBudget()
     for i, image in enumerate(images):
@@ -229,6 +236,13 @@ def decode_images(images: Sequence[EncodedImage | PixelImage], limit: int, side:
         else:
             raise InvalidArgument(f"{field} has neither encoded bytes nor a tensor")
     return pixels
+
+
+def all_raw_pixels(images: Sequence[EncodedImage | PixelImage], side: int) -> bool:
+    """Whether every image is uint8 pixels of the model's shape, so the batch is their bytes joined."""
+    shapes, size = ([side, side], [1, side, side]), side * side
+    return all(type(image) is PixelImage and image.dtype == "uint8" and len(image.data) == size
+               and list(image.shape) in shapes for image in images)
 
 
 def check_batch(batch: np.ndarray, limit: int, side: int) -> np.ndarray:

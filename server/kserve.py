@@ -10,6 +10,7 @@ returns every output; here that would be every feature map); only the `image` in
 """
 from __future__ import annotations
 
+import math
 import struct
 from importlib import metadata as package_metadata
 
@@ -56,7 +57,7 @@ def image_batch(name: str, datatype: str, shape: list[int], data: bytes | None, 
     if not 1 <= len(shape) <= MAX_INPUT_DIMS or any(d <= 0 for d in shape):
         raise InvalidArgument(f"input {INPUT_NAME!r} has shape {list(shape)[:8]}; it must be [N, 1, 28, 28] "
                               f"or [N, 28, 28]")
-    count = int(np.prod(shape, dtype=object))
+    count = math.prod(shape)      # Python ints: exact however large the client's dimensions
     if count > MAX_INPUT_VALUES:
         raise InvalidArgument(f"input {INPUT_NAME!r}: shape {list(shape)} holds {count:,} values, over the limit of "
                               f"{MAX_INPUT_VALUES:,}")
@@ -81,7 +82,8 @@ def selected_outputs(model: ServedModel, requested: list[tuple[str, int]]) -> tu
     if unknown:
         raise NotFound(f"model {model.name} has no output {', '.join(quote(n) for n in unknown[:10])}; "
                        f"it has: {', '.join(available)}")
-    features = [name for name in model.feature_names if any(name == r for r, _ in requested)]
+    wanted = {name for name, _ in requested}
+    features = [name for name in model.feature_names if name in wanted]
     classification = {name: k for name, k in requested if k}
     if any(name != LOGITS for name in classification):
         raise InvalidArgument(f"the classification extension applies to {LOGITS!r} only")
@@ -112,7 +114,7 @@ def tensor_metadata(model: ServedModel) -> tuple[list[tuple[str, str, list[int]]
 def model_statistics(dataplane: DataPlane, name: str) -> dict:
     """One model's ModelStatistics in the protocol's JSON shape (HTTP sends it, gRPC parses it)."""
     model = dataplane.described(name)
-    s = dataplane.metrics.stats[name]
+    s = dataplane.metrics.totals(name)     # over all worker processes
     return {"name": name, "version": str(model.version.version) if model.version else "",
             "last_inference": s.last_inference_ms, "inference_count": s.inference_count,
             "execution_count": s.execution_count, "inference_stats": {

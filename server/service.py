@@ -99,7 +99,8 @@ def image_input(image: pb.Image) -> EncodedImage | PixelImage | None:
     if source == "encoded":
         return EncodedImage(image.encoded)
     if source == "tensor":
-        return PixelImage(list(image.tensor.shape), image.tensor.dtype, image.tensor.data)
+        tensor = image.tensor
+        return PixelImage(tensor.shape, tensor.dtype, tensor.data)
     return None
 
 

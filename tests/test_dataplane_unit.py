@@ -9,9 +9,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from cnnserve.spec import CLASSES
 from server.batcher import Batcher, BatchingOptions
-from server.dataplane import DataPlane, EncodedImage, InferRequest, PixelImage
+from server.dataplane import DataPlane, EncodedImage, InferRequest, PixelImage, decode_images
 from server.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from server.metrics import Metrics
+from server.metrics import Histogram, Metrics, sample_value
 from server.model_store import ModelStore, ServedModel
 from server.repository import ModelVersion
 
@@ -80,6 +80,18 @@ def test_a_whole_batch_tensor_equals_per_image_tensors(infer):
     assert np.array_equal(one, many)
 
 
+def test_raw_pixels_decode_in_one_copy_like_one_at_a_time():
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (28, 28), dtype=np.uint8) for _ in range(5)]
+    raw = [PixelImage([28, 28] if i % 2 else [1, 28, 28], "uint8", a.tobytes()) for i, a in enumerate(arrays)]
+    expected = np.stack(arrays)[:, None]
+    assert np.array_equal(decode_images(raw, 8, 28), expected)            # all raw uint8: joined
+    as_float = PixelImage([28, 28], "float32", (arrays[4] / 255).astype("<f4").tobytes())
+    assert np.array_equal(decode_images([*raw[:4], as_float], 8, 28), expected)   # mixed: one at a time
+    with pytest.raises(InvalidArgument, match=r"images\[3\]\.tensor\.data has 783 bytes"):
+        decode_images([*raw[:3], PixelImage([28, 28], "uint8", bytes(783))], 8, 28)
+
+
 @pytest.mark.parametrize("request_, error, fragment", [
     (InferRequest("x" * 1_000_000), NotFound, "(1,000,000 characters)"),
     (InferRequest("broken", images=[pixels(0)]), Unavailable, "bad sha256"),
@@ -107,4 +119,15 @@ def test_statistics_and_metrics_count_every_outcome(plane, infer):
         infer(InferRequest("m", images=[pixels(0)], top_k=99))
     stats = plane.metrics.stats["m"]
     assert (stats.success_count, stats.fail_count, stats.inference_count, stats.execution_count) == (1, 1, 3, 1)
-    assert plane.metrics.requests.labels("m", "INVALID_ARGUMENT")._value.get() == 1
+    exposition = plane.metrics.exposition()
+    assert sample_value(exposition, "cnnserve_requests_total", model="m", code="INVALID_ARGUMENT") == 1
+    assert sample_value(exposition, "cnnserve_requests_total", model="m", code="OK") == 1
+    assert sample_value(exposition, "cnnserve_batch_size_sum", model="m") == 3
+    assert sample_value(exposition, "cnnserve_request_latency_seconds_count", model="m") == 1
+
+
+def test_histograms_count_a_value_on_a_bound_in_that_bound_and_export_cumulatively():
+    histogram = Histogram((0.001, 0.01))
+    for value in (0.001, 0.005, 0.5):
+        histogram.observe(value)
+    assert histogram.buckets() == [("0.001", 1), ("0.01", 2), ("+Inf", 3)] and histogram.sum == 0.506

@@ -10,15 +10,18 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tritonclient.grpc as tgrpc
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from PIL import Image
 
 from cnnserve.spawn import ROOT, SpawnedServer
 from models.data import CLASSES
+from server.channel import connect
 from server.client import feature_array, raw_image
-from server.metrics import sample_value
+from server.metrics import PUBLISH_S, sample_value
 from server.proto import classifier_pb2 as pb
+from server.proto import classifier_pb2_grpc as pb_grpc
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -249,17 +252,22 @@ def test_device_cuda_fails_clearly_and_auto_falls_back(serving_repository, serve
 
 
 @pytest.mark.slow
-def test_workers_share_the_port_and_stop_together(serving_repository, tmp_path):
+def test_workers_share_the_port_and_their_statistics_and_stop_together(serving_repository, tmp_path):
+    """Connections spread over the workers; a ModelStatistics call reaches one of them and counts them all."""
     process = SpawnedServer(serving_repository, ["--models", "lenet_bn", "--workers", "2"], log_path=tmp_path / "s.log")
     try:
-        for _ in range(8):
-            response = process.stub.Classify(pb.ClassifyRequest(model="lenet_bn", images=[raw_image(
-                np.zeros((28, 28), np.uint8))]), timeout=30)
-            assert len(response.results) == 1
         deadline = time.monotonic() + 60
         while process.log().count("SERVING: 1 of 1 models ready") < 2:
             assert time.monotonic() < deadline, process.log()
             time.sleep(0.1)
+        callers = 16          # SO_REUSEPORT hashes each connection to a worker: all 16 on one has odds 2**-15
+        request = pb.ClassifyRequest(model="lenet_bn", images=[raw_image(np.zeros((28, 28), np.uint8))] * 2)
+        for _ in range(callers):
+            with connect(process.target, own_connection=True) as channel:
+                assert len(pb_grpc.ClassifierStub(channel).Classify(request, timeout=30).results) == 2
+        time.sleep(3 * PUBLISH_S)
+        statistics = tgrpc.InferenceServerClient(process.target).get_inference_statistics("lenet_bn").model_stats[0]
+        assert (statistics.inference_count, statistics.inference_stats.success.count) == (2 * callers, callers)
     finally:
         assert process.stop() == 0, process.log()
 
