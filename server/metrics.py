@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -26,6 +27,8 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -66,6 +69,10 @@ class Totals:
     execution_count: int = 0     # ONNX Runtime runs
     last_inference_ms: int = 0   # wall clock, ms since the epoch
 
+    def totals(self) -> dict[str, int]:
+        """Just the totals (of a ModelStats too), as a dict."""
+        return {f.name: getattr(self, f.name) for f in fields(Totals)}
+
     def add(self, other: Totals) -> None:
         for name in TOTALS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -102,7 +109,7 @@ class Metrics:
 
     def totals(self, model: str) -> Totals:
         """A model's ModelStatistics totals: this process's, plus the other workers' last published ones."""
-        totals = Totals(**{f.name: getattr(self.model(model), f.name) for f in fields(Totals)})
+        totals = Totals(**self.model(model).totals())
         for published in self._others():
             if model in published:
                 totals.add(Totals(**published[model]))
@@ -110,18 +117,22 @@ class Metrics:
 
     def publish(self) -> None:
         """Share this worker's totals (written whole, then renamed: readers never see half a file)."""
-        totals = {name: {f.name: getattr(stats, f.name) for f in fields(Totals)} for name, stats in self.stats.items()}
+        totals = {name: stats.totals() for name, stats in self.stats.items()}
         path = self.shared_dir / f"worker-{self.worker}.json"
         partial = path.with_suffix(".partial")
         partial.write_text(json.dumps(totals))
         os.replace(partial, path)
 
     async def publish_forever(self) -> None:
-        while True:
-            self.publish()
-            await asyncio.sleep(PUBLISH_S)
+        try:
+            while True:
+                self.publish()
+                await asyncio.sleep(PUBLISH_S)
+        except OSError as error:     # the directory is gone (the parent was killed): statistics stay local
+            log.warning("cannot share statistics with the other workers any more (%s)", error.strerror or error)
 
     def _others(self) -> list[dict]:
+        """The other workers' last published totals: {model: totals} each."""
         if self.shared_dir is None:
             return []
         published = []

@@ -11,7 +11,7 @@ from cnnserve.spec import CLASSES
 from server.batcher import Batcher, BatchingOptions
 from server.dataplane import DataPlane, EncodedImage, InferRequest, PixelImage, decode_images
 from server.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from server.metrics import Histogram, Metrics, sample_value
+from server.metrics import Metrics, sample_value
 from server.model_store import ModelStore, ServedModel
 from server.repository import ModelVersion
 
@@ -125,9 +125,3 @@ def test_statistics_and_metrics_count_every_outcome(plane, infer):
     assert sample_value(exposition, "cnnserve_batch_size_sum", model="m") == 3
     assert sample_value(exposition, "cnnserve_request_latency_seconds_count", model="m") == 1
 
-
-def test_histograms_count_a_value_on_a_bound_in_that_bound_and_export_cumulatively():
-    histogram = Histogram((0.001, 0.01))
-    for value in (0.001, 0.005, 0.5):
-        histogram.observe(value)
-    assert histogram.buckets() == [("0.001", 1), ("0.01", 2), ("+Inf", 3)] and histogram.sum == 0.506
