@@ -335,7 +335,8 @@ def measure(ep: Endpoint, concurrency: int, duration_s: float = 10, warmup_s: fl
 
 
 def median_measurement(runs: list[Measurement]) -> Measurement:
-    """The run with the median requests/s (its latencies and counters stay together); failures summed."""
+    """The run with the median requests/s (its latencies and counters stay together; with an even number of
+    runs, the faster of the two middle ones: use odd counts for a true median); failures summed."""
     ordered = sorted(runs, key=lambda m: m.requests_per_s)
     chosen = ordered[len(ordered) // 2]
     chosen.http_failed = sum(m.http_failed for m in runs)

@@ -34,7 +34,7 @@ PER_PREDICTION_BYTES = 48
 # Encoded bytes a request may decode on the event loop itself. zlib inflates at most about 1000:1,
 # so 2 KB of PNG (a Fashion-MNIST image is 300-800 bytes) decodes to at most ~2 MB: milliseconds.
 INLINE_DECODE_BYTES = 2 * 1024
-DEADLINE_CLOCK_SLACK_S = 0.005
+DEADLINE_CLOCK_SLACK_S = 0.005     # a cancellation this close to the deadline is the deadline (_counted_infer)
 DECODE_THREADS = 2                # requests decoding off the loop at once (each within its DecodeBudget)
 
 
@@ -223,7 +223,7 @@ def check_count(n: int, limit: int) -> None:
 
 def decode_images(images: Sequence[EncodedImage | PixelImage], limit: int, side: int) -> np.ndarray:
     check_count(len(images), limit)
-    if all_raw_pixels(images, side):     # the common case, in one copy (per image: ~8x the cost at 64 images)
+    if all_raw_pixels(images, side):     # the common case, in one copy rather than one per image
         return np.frombuffer(b"".join([image.data for image in images]), np.uint8).reshape(len(images), 1, side, side)
     pixels = np.empty((len(images), 1, side, side), dtype=np.uint8)
     budget = DecodeBudget()
