@@ -260,7 +260,9 @@ def test_workers_share_the_port_and_their_statistics_and_stop_together(serving_r
         while process.log().count("SERVING: 1 of 1 models ready") < 2:
             assert time.monotonic() < deadline, process.log()
             time.sleep(0.1)
-        callers = 16          # SO_REUSEPORT hashes each connection to a worker: all 16 on one has odds 2**-15
+        # SO_REUSEPORT hashes each connection to a worker, so both serve some of these (all 16 on one worker, where
+        # one worker's own counts would pass too, has odds 2**-15)
+        callers = 16
         request = pb.ClassifyRequest(model="lenet_bn", images=[raw_image(np.zeros((28, 28), np.uint8))] * 2)
         for _ in range(callers):
             with connect(process.target, own_connection=True) as channel:
