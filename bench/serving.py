@@ -220,10 +220,8 @@ def main() -> None:
             Case("echo sync", h2load.endpoint("echo sync", "echo", sync_target, pid=sync_echo.pid, **one), (1, 16, 64)),
             Case("echo aio", h2load.endpoint("echo aio", "echo", aio_target, pid=aio_echo.pid, **one), (1, 16, 64)),
             Case(LENET, h2load.endpoint(LENET, "cnnserve", server.target, pid=pid, **one), (1, 16, 64)),
-            Case("lenet_bn x64", h2load.endpoint("cnnserve", "cnnserve", server.target, LENET, 64, pid=pid),
-                 (4,)),
-            Case("lenet_bn x64 kserve", h2load.endpoint("kserve", "kserve", server.target, LENET, 64, pid=pid),
-                 (4,)),
+            Case("lenet_bn x64", h2load.endpoint("cnnserve", "cnnserve", server.target, LENET, 64, pid=pid), (4,)),
+            Case("lenet_bn x64 kserve", h2load.endpoint("kserve", "kserve", server.target, LENET, 64, pid=pid), (4,)),
             Case(RESNET, h2load.endpoint(RESNET, "cnnserve", server.target, RESNET, 1, pid=pid), (1, 32)),
         ]
         print(f"server: {SERVER_ROOT} ({repository}); {args.runs} interleaved rounds of {args.duration:g} s h2load runs")

@@ -168,7 +168,7 @@ class KServeHttp:
             check_classification(k, len(model.version.labels))
         result = await self.dataplane.infer(InferRequest(
             model=model.name, version=model.version.version, batch=batch, images=images, features=features,
-            feature_itemsize=feature_itemsize(requested, features),
+            top_k=max(classification.values(), default=0), feature_itemsize=feature_itemsize(requested, features),
             caller=f"http:{request.client.host}:{request.client.port}" if request.client else "http"))
         outputs, blobs = [], []
         for name, k, as_binary, datatype in requested:

@@ -91,9 +91,10 @@ def selected_outputs(model: ServedModel, requested: list[tuple[str, int]]) -> tu
 
 
 def classification_strings(result: InferResult, k: int) -> np.ndarray:
-    """Triton's classification extension: [N, k] strings "score:index:label", best first (score: the logit)."""
+    """Triton's classification extension: [N, k] strings "score:index:label", best first (score: the logit).
+    The request asked the data plane for top_k >= k: the classes come ranked by the batcher."""
     logits = result.outputs[LOGITS]
-    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    top = result.top_indices[:, :k]
     return np.array([[f"{logits[i, c]:f}:{c}:{result.labels[c]}" for c in row] for i, row in enumerate(top)],
                     dtype=object)
 
@@ -203,8 +204,8 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
         for k in classification.values():
             check_classification(k, len(model.version.labels))
         result = await self.dataplane.infer(InferRequest(model=model.name, version=model.version.version, batch=batch,
-                                                         features=features, deadline=deadline_of(context),
-                                                         caller=context.peer()))
+                                                         features=features, top_k=max(classification.values(), default=0),
+                                                         deadline=deadline_of(context), caller=context.peer()))
         response = kpb.ModelInferResponse(model_name=result.model, model_version=str(result.version), id=request.id)
         for name, _ in requested:
             if name in classification:

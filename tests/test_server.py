@@ -268,7 +268,9 @@ def test_workers_share_the_port_and_their_statistics_and_stop_together(serving_r
             with connect(process.target, own_connection=True) as channel:
                 assert len(pb_grpc.ClassifierStub(channel).Classify(request, timeout=30).results) == 2
         time.sleep(3 * PUBLISH_S)
-        statistics = tgrpc.InferenceServerClient(process.target).get_inference_statistics("lenet_bn").model_stats[0]
+        client = tgrpc.InferenceServerClient(process.target)
+        statistics = client.get_inference_statistics("lenet_bn").model_stats[0]
+        client.close()
         assert (statistics.inference_count, statistics.inference_stats.success.count) == (2 * callers, callers)
     finally:
         assert process.stop() == 0, process.log()
