@@ -22,7 +22,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=r.device,
                         help="auto: CUDA execution provider when available, else CPU; cuda: fail without it")
     parser.add_argument("--threads", type=int, default=r.intra_op_threads,
-                        help="ONNX Runtime intra-op threads per model (0: one per core)")
+                        help="ONNX Runtime intra-op threads per model (0: one per core; with --workers, "
+                        "the cores divided among the workers)")
     parser.add_argument("--graph-optimization", choices=list(GRAPH_OPTIMIZATION), default=r.graph_optimization)
     parser.add_argument("--warmup-runs", type=int, default=r.warmup_runs)
     parser.add_argument("--max-message-mb", type=int, default=d.max_message_mb, help="gRPC message size limit, both directions")

@@ -1,5 +1,6 @@
 """The gRPC service end to end: a real server process, real gRPC clients, real ONNX Runtime."""
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -17,11 +18,14 @@ from PIL import Image
 
 from cnnserve.spawn import ROOT, SpawnedServer
 from models.data import CLASSES
+from server.app import ServerConfig
 from server.channel import connect
 from server.client import feature_array, raw_image
 from server.metrics import PUBLISH_S, sample_value
 from server.proto import classifier_pb2 as pb
 from server.proto import classifier_pb2_grpc as pb_grpc
+from server.runtime import RuntimeOptions
+from server.workers import available_cpus, worker_configs
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -192,6 +196,7 @@ def test_client_cli(server, fashion, in_process, tmp_path):
 
 @pytest.mark.slow
 def test_health_turns_serving_only_after_warm_up(serving_repository, tmp_path):
+    """...and the objects start-up made are set aside from garbage collection before it (see server/app.py)."""
     process = SpawnedServer(serving_repository, ["--models", "resnet18", "--warmup-runs", "100"],
                             log_path=tmp_path / "server.log", wait=False)
     try:
@@ -204,7 +209,9 @@ def test_health_turns_serving_only_after_warm_up(serving_repository, tmp_path):
             time.sleep(0.02)
         assert seen[0] == NOT_SERVING, "the port opens before the models are ready"
         log = process.log()
-        assert log.index("warmed up in") < log.index("SERVING: 1 of 1 models ready")
+        assert log.index("warmed up in") < log.index("set aside from garbage") < log.index("SERVING: 1 of 1")
+        frozen = int(re.search(r"start-up done: (\d+) objects set aside from garbage collection", log)[1])
+        assert frozen > 10_000, "modules and sessions are many objects"
     finally:
         assert process.stop() == 0
 
@@ -260,6 +267,8 @@ def test_workers_share_the_port_and_their_statistics_and_stop_together(serving_r
         while process.log().count("SERVING: 1 of 1 models ready") < 2:
             assert time.monotonic() < deadline, process.log()
             time.sleep(0.1)
+        threads = max(1, available_cpus() // 2)
+        assert f"started 2 workers on port {process.port}, {threads} ONNX Runtime intra-op thread(s)" in process.log()
         # SO_REUSEPORT hashes each connection to a worker, so both serve some of these (all 16 on one worker, where
         # one worker's own counts would pass too, has odds 2**-15)
         callers = 16
@@ -274,6 +283,20 @@ def test_workers_share_the_port_and_their_statistics_and_stop_together(serving_r
         assert (statistics.inference_count, statistics.inference_stats.success.count) == (2 * callers, callers)
     finally:
         assert process.stop() == 0, process.log()
+
+
+def test_workers_split_the_cores_between_their_onnx_runtime_sessions(tmp_path):
+    """Each worker's sessions get cores / workers intra-op threads (at least one), not one per core each;
+    an explicit --threads is kept, and each worker has its own index and metrics port."""
+    config = ServerConfig(metrics_port=9000)
+    threads = lambda workers, cpus, conf=config: [c.runtime.intra_op_threads  # noqa: E731
+                                                  for c in worker_configs(conf, workers, tmp_path, cpus)]
+    assert threads(2, cpus=2) == [1, 1]
+    assert threads(3, cpus=8) == [2, 2, 2]
+    assert threads(4, cpus=2) == [1, 1, 1, 1]
+    assert threads(2, 2, ServerConfig(runtime=RuntimeOptions(intra_op_threads=3))) == [3, 3]
+    configs = worker_configs(config, 2, tmp_path, cpus=2)
+    assert [(c.worker, c.metrics_port, c.shared_statistics) for c in configs] == [(0, 9000, tmp_path), (1, 9001, tmp_path)]
 
 
 def test_server_modules_do_not_import_torch():
