@@ -31,7 +31,6 @@ from server.explorer import explorer_routes
 from server.kserve import (
     EXTENSIONS,
     PLATFORM,
-    check_classification,
     classification_strings,
     image_batch,
     model_statistics,
@@ -164,8 +163,6 @@ class KServeHttp:
         batch, images = model_input(inputs[0], binary, model)
         requested = requested_outputs(header.get("outputs"))
         features, classification = selected_outputs(model, [(n, k) for n, k, _, _ in requested if n != INPUT_NAME or k])
-        for k in classification.values():
-            check_classification(k, len(model.version.labels))
         result = await self.dataplane.infer(InferRequest(
             model=model.name, version=model.version.version, batch=batch, images=images, features=features,
             top_k=max(classification.values(), default=0), feature_itemsize=feature_itemsize(requested, features),

@@ -76,7 +76,8 @@ def image_batch(name: str, datatype: str, shape: list[int], data: bytes | None, 
 
 
 def selected_outputs(model: ServedModel, requested: list[tuple[str, int]]) -> tuple[list[str], dict[str, int]]:
-    """(name, classification count or 0) pairs -> the feature maps to compute and the classification counts."""
+    """(name, classification count or 0) pairs -> the feature maps to compute and the classification counts,
+    each checked against the number of classes."""
     available = [LOGITS, *model.feature_names]
     unknown = [name for name, _ in requested if name not in available]
     if unknown:
@@ -87,6 +88,10 @@ def selected_outputs(model: ServedModel, requested: list[tuple[str, int]]) -> tu
     classification = {name: k for name, k in requested if k}
     if any(name != LOGITS for name in classification):
         raise InvalidArgument(f"the classification extension applies to {LOGITS!r} only")
+    classes = len(model.version.labels)
+    for k in classification.values():
+        if not 1 <= k <= classes:
+            raise InvalidArgument(f"classification {k} is out of range: it must be between 1 and {classes}")
     return features, classification
 
 
@@ -130,12 +135,6 @@ def repository_index(dataplane: DataPlane, ready_only: bool = False) -> list[dic
     return [{"name": m.name, "version": str(m.version.version) if m.version else "",
              "state": "READY" if m.ready else "UNAVAILABLE", "reason": m.error or ""}
             for m in dataplane.store.models.values() if m.ready or not ready_only]
-
-
-def check_classification(value: int, classes: int) -> int:
-    if not 1 <= value <= classes:
-        raise InvalidArgument(f"classification {value} is out of range: it must be between 1 and {classes}")
-    return value
 
 
 class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -201,8 +200,6 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
         requested = [(o.name, o.parameters["classification"].int64_param if "classification" in o.parameters else 0)
                      for o in request.outputs] or [(LOGITS, 0)]
         features, classification = selected_outputs(model, requested)
-        for k in classification.values():
-            check_classification(k, len(model.version.labels))
         result = await self.dataplane.infer(InferRequest(model=model.name, version=model.version.version, batch=batch,
                                                          features=features, top_k=max(classification.values(), default=0),
                                                          deadline=deadline_of(context), caller=context.peer()))

@@ -177,9 +177,11 @@ def test_http_json_tensors_and_errors(http_server, fashion):
         "/v2/models/lenet_bn/versions/x/infer": (body, 400, "not a version number"),
         "/v2/models/lenet_bn/infer": ({**body, "inputs": [{**body["inputs"][0], "shape": [1, 1, 28, 27]}]}, 400,
                                       "needs 756 values"),
+        "/v2/models/lenet_bn/infer#classes": ({**body, "outputs": [{"name": "logits", "parameters": {
+            "classification": 11}}]}, 400, "classification 11 is out of range: it must be between 1 and 10"),
     }
     for path, (request, code, fragment) in cases.items():
-        status, answer = post_json(http_server, path, request)
+        status, answer = post_json(http_server, path.split("#")[0], request)
         assert status == code and fragment in answer["error"], answer
     wrong_type = {"inputs": [{**body["inputs"][0], "datatype": "FP32"}]}
     status, answer = post_json(http_server, "/v2/models/lenet_bn/infer", wrong_type)
