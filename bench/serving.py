@@ -14,8 +14,9 @@ median over the rounds of each measurement is what the targets are judged on:
      p99 <= 2 x that echo's p99 (the echo carries the same request bytes);
   2. mean batch (KServe ModelStatistics over the run) >= 4 at concurrency 16, >= 16 at 64;
   3. requests/s does not fall as concurrency rises from 1 to 64: each level >= 0.9 x the best lower one;
-  4. 64 images per request (cnnserve.v1, concurrency 4): images/s >= 0.7 x in-process ORT at batch 64
-     (KServe v2 gRPC measured beside it, no target);
+  4. 64 images per request, concurrency 4: images/s >= 0.7 x in-process ORT at batch 64, judged for
+     each way a client can send them: cnnserve.v1 with 64 image messages, cnnserve.v1 with one
+     `batch` tensor, KServe v2 gRPC with one tensor;
   5. resnet18, 1 image per request, concurrency 32: images/s >= 0.9 x in-process ORT at the batch size
      the batcher formed; at concurrency 1, server-added p50 (p50 - in-process batch-1 p50) <= 1.25 x
      the echo's p50.
@@ -47,6 +48,8 @@ from server.runtime import ModelRuntime, RuntimeOptions  # noqa: E402
 LENET, RESNET = "lenet_bn", "resnet18"
 ECHO_RATIO, ECHO_P99, BATCH_C16, BATCH_C64, NO_FALL, BIG_RATIO, RESNET_RATIO, ADDED_P50 = \
     0.7, 2.0, 4.0, 16.0, 0.9, 0.7, 0.9, 1.25
+BIG_REQUESTS = {"lenet_bn x64": "cnnserve.v1, 64 image messages", "lenet_bn x64 batch": "cnnserve.v1, one batch tensor",
+                "lenet_bn x64 kserve": "KServe v2, one tensor"}     # the 64-image cases, each judged
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,9 @@ def in_process(runtime: ModelRuntime, batch: int, seconds: float = 3.0) -> tuple
 
 
 class InProcess:
-    """ONNX Runtime in this process with the server's session options, measured right after the h2load run it is
-    compared with (the machine's other load changes slowly), one sample per round; the median is used."""
+    """ONNX Runtime in this process with a single server's session options (ONNX Runtime's default threads: one per
+    core, as one process would use them, also when the server runs `--workers`), measured right after the h2load run
+    it is compared with (the machine's other load changes slowly), one sample per round; the median is used."""
 
     def __init__(self, repository: Path):
         self.options = RuntimeOptions()
@@ -156,10 +160,10 @@ def judge(results: dict, ort: dict, echo_key: str, p50_echo_key: str) -> list[Ta
         best_lower = max(lenet[c].requests_per_s for c in levels if c <= low)
         targets.append(Target(f"lenet_bn c{high} req/s >= {NO_FALL} x best lower level ({best_lower:,.0f})",
                               lenet[high].requests_per_s, NO_FALL * best_lower, True, "req/s"))
-    big = results[("lenet_bn x64", 4)]
-    targets.append(Target(f"lenet_bn 64 img/request c4 img/s >= {BIG_RATIO} x in-process batch 64 "
-                          f"({ort['lenet_b64_images_per_s']:,.0f})", big.images_per_s,
-                          BIG_RATIO * ort["lenet_b64_images_per_s"], True, "img/s"))
+    for key, how in BIG_REQUESTS.items():
+        targets.append(Target(f"lenet_bn 64 img/request ({how}) c4 img/s >= {BIG_RATIO} x in-process batch 64 "
+                              f"({ort['lenet_b64_images_per_s']:,.0f})", results[(key, 4)].images_per_s,
+                              BIG_RATIO * ort["lenet_b64_images_per_s"], True, "img/s"))
     resnet32, resnet1 = results[(RESNET, 32)], results[(RESNET, 1)]
     busy = "in-process ORT was slower than through the server: the machine was busy; rerun when it is quiet"
     targets.append(Target(f"resnet18 c32 img/s >= {RESNET_RATIO} x in-process at its batch {ort['resnet_formed_batch']} "
@@ -221,6 +225,8 @@ def main() -> None:
             Case("echo aio", h2load.endpoint("echo aio", "echo", aio_target, pid=aio_echo.pid, **one), (1, 16, 64)),
             Case(LENET, h2load.endpoint(LENET, "cnnserve", server.target, pid=pid, **one), (1, 16, 64)),
             Case("lenet_bn x64", h2load.endpoint("cnnserve", "cnnserve", server.target, LENET, 64, pid=pid), (4,)),
+            Case("lenet_bn x64 batch", h2load.endpoint("cnnserve batch", "cnnserve", server.target, LENET, 64, "batch",
+                                                        pid=pid), (4,)),
             Case("lenet_bn x64 kserve", h2load.endpoint("kserve", "kserve", server.target, LENET, 64, pid=pid), (4,)),
             Case(RESNET, h2load.endpoint(RESNET, "cnnserve", server.target, RESNET, 1, pid=pid), (1, 32)),
         ]
@@ -257,6 +263,7 @@ def main() -> None:
     print("\n" + text)
     if profile:
         print(profile)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"serving-{args.label}.md").write_text(text)
     write_json(f"serving-{args.label}", {
         "header": header, "server_root": str(SERVER_ROOT), "commit": commit, "dirty": bool(dirty),
