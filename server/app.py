@@ -152,9 +152,10 @@ async def serve_async(config: ServerConfig) -> None:
         raise SystemExit(f"error: --strict: {len(store.failures())} model(s) failed to load: {failures}")
     preload_decoders()
     # What start-up made (modules, sessions, configs) lives as long as the server: take it out of the garbage
-    # collector's full collections, which stop the event loop while they walk every tracked object. Measured
-    # with gc.callbacks under lenet_bn at concurrency 16: a full collection every ~2 s, 22 ms on average (31 ms
-    # at most) before; 0.3 ms after. Collect first, so that start-up's own garbage is freed rather than kept.
+    # collector's full collections, which stop the event loop while they walk every tracked object.
+    # `python bench/gc_pauses.py` (lenet_bn, concurrency 16, ~12 s of h2load): 13 full collections of 18.8 ms
+    # on average (23 ms the longest) without the freeze, 16 of 0.24 ms with it. Collect first, so that
+    # start-up's own garbage is freed rather than kept.
     gc.collect()
     gc.freeze()
     log.info("start-up done: %d objects set aside from garbage collection", gc.get_freeze_count())

@@ -4,10 +4,11 @@ Each worker's metrics port is `--metrics-port` + its index; KServe ModelStatisti
 workers (they share their totals through a private temporary directory, `server/metrics.py`).
 
 The workers share the cores: unless `--threads` says otherwise, each worker's ONNX Runtime sessions
-get cores / workers intra-op threads (at least one), not one per core each. Measured on 2 cores with
-`--workers 2` (h2load, 4 interleaved rounds of 8 s): resnet18 at concurrency 32 served 243-282
-images/s with 1 thread per worker against 210-246 with ONNX Runtime's default of 2 each, p99
-148-178 against 242-260 ms; lenet_bn's rows moved within the noise."""
+get cores / workers intra-op threads (at least one), not one per core each. On 2 cores,
+`python bench/side_by_side.py --a "--workers 2 --threads 2" --b "--workers 2" --model resnet18
+--concurrency 32` (4 interleaved rounds of 8 s): 275.5 images/s (263-281) with one thread per worker
+against 228.0 (212-237) with two each, p99 157 (138-184) against 202 (168-218) ms. The price: a
+lone request gets one worker's share of the cores (README, benchmark 5)."""
 from __future__ import annotations
 
 import logging

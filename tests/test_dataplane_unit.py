@@ -124,4 +124,3 @@ def test_statistics_and_metrics_count_every_outcome(plane, infer):
     assert sample_value(exposition, "cnnserve_requests_total", model="m", code="OK") == 1
     assert sample_value(exposition, "cnnserve_batch_size_sum", model="m") == 3
     assert sample_value(exposition, "cnnserve_request_latency_seconds_count", model="m") == 1
-

@@ -289,8 +289,10 @@ def test_workers_split_the_cores_between_their_onnx_runtime_sessions(tmp_path):
     """Each worker's sessions get cores / workers intra-op threads (at least one), not one per core each;
     an explicit --threads is kept, and each worker has its own index and metrics port."""
     config = ServerConfig(metrics_port=9000)
-    threads = lambda workers, cpus, conf=config: [c.runtime.intra_op_threads  # noqa: E731
-                                                  for c in worker_configs(conf, workers, tmp_path, cpus)]
+
+    def threads(workers: int, cpus: int, conf: ServerConfig = config) -> list[int]:
+        return [c.runtime.intra_op_threads for c in worker_configs(conf, workers, tmp_path, cpus)]
+
     assert threads(2, cpus=2) == [1, 1]
     assert threads(3, cpus=8) == [2, 2, 2]
     assert threads(4, cpus=2) == [1, 1, 1, 1]
