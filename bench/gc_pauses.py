@@ -13,19 +13,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import grpc
 import h2load
 from common import write_json
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cnnserve.spawn import ROOT, free_port
+from cnnserve.spawn import SpawnedServer
 
 
 def serve_timed(events_file: Path, freeze: bool, server_args: list[str]) -> None:
@@ -48,32 +44,17 @@ def serve_timed(events_file: Path, freeze: bool, server_args: list[str]) -> None
         events_file.write_text(json.dumps(events))
 
 
-def wait_serving(target: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("the server did not turn SERVING")
-
-
 def measure(freeze: bool, args, tmp: Path) -> dict:
-    port, events_file = free_port(), tmp / f"events-{freeze}.json"
-    process = subprocess.Popen([sys.executable, __file__, "--serve", str(events_file), str(int(freeze)), "--",
-                                "--models", args.model, "--port", str(port)], cwd=ROOT)
+    events_file = tmp / f"events-{freeze}.json"
+    server = SpawnedServer(None, ["--models", args.model],
+                           command=[sys.executable, __file__, "--serve", str(events_file), str(int(freeze)), "--"])
     try:
-        wait_serving(f"127.0.0.1:{port}", process)
-        ep = h2load.endpoint("server", "cnnserve", f"127.0.0.1:{port}", args.model, pid=process.pid)
+        ep = h2load.endpoint("server", "cnnserve", server.target, args.model, pid=server.process.pid)
         start = time.time()
         m = h2load.measure(ep, args.concurrency, args.duration, warmup_s=2)
         window = (start, time.time())
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
+        server.stop(60)
     events = [e for e in json.loads(events_file.read_text()) if window[0] <= e[0] <= window[1]]
     summary = {"requests_per_s": m.requests_per_s, "p99_ms": m.p99_ms, "seconds": window[1] - window[0]}
     for generation in (0, 1, 2):

@@ -32,8 +32,9 @@ def free_port() -> int:
 class SpawnedServer:
     def __init__(self, repository: Path | None, args: list[str] = (), log_path: Path | None = None,
                  with_metrics: bool = False, wait: bool = True, timeout: float = 120, with_http: bool = False,
-                 security: ClientSecurity | None = None):
-        """`security`: how the harness itself connects (a TLS server needs its CA here)."""
+                 security: ClientSecurity | None = None, command: list[str] | None = None):
+        """`security`: how the harness itself connects (a TLS server needs its CA here); `command`: what starts
+        the server in place of `python -m server` (given the same arguments)."""
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_port = free_port() if with_metrics else None
@@ -45,7 +46,7 @@ class SpawnedServer:
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="cnnserve-", suffix=".log")[1])
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(self.port), *args],
+            [*(command or [sys.executable, "-m", "server"]), "--port", str(self.port), *args],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.channel = connect(self.target, security=security)
         self.stub = classifier_pb2_grpc.ClassifierStub(self.channel)
