@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import MutableSequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from server.channel import DEFAULT_MAX_MESSAGE_MB, message_limits
+from server.core_share import CoreShare
 from server.dataplane import DataPlane
 from server.health import NOT_SERVING, SERVING, HealthServicer
 from server.health import SERVICE_NAME as HEALTH_SERVICE_NAME
@@ -60,6 +62,7 @@ class ServerConfig:
     reuse_port: bool = False                # several worker processes share one port
     worker: int = 0                         # with --workers: this process's index
     shared_statistics: Path | None = None   # with --workers: the directory where the workers share totals
+    busy_workers: MutableSequence[int] | None = None   # with --workers: one shared byte per worker (server/core_share.py)
     strict: bool = False                    # exit when any model fails to load (Triton's default)
     # Connection hygiene: one client must not hold the server's threads or sockets forever.
     max_concurrent_rpcs: int = 256          # beyond this, RESOURCE_EXHAUSTED at once (streams count too)
@@ -109,10 +112,11 @@ async def serve_async(config: ServerConfig) -> None:
             raise SystemExit(f"error: --metrics-port {config.metrics_port}: cannot listen on "
                              f"{config.host}:{config.metrics_port} ({error.strerror or error})") from None
         log.info("metrics on http://%s:%d/metrics", config.host, config.metrics_port)
+    cores = CoreShare(config.busy_workers, config.worker)
     store = ModelStore(config.model_repository, config.models, config.runtime, {
         "max_batch_size": config.max_batch_size,
         "max_queue_delay_s": None if config.max_queue_delay_ms is None else config.max_queue_delay_ms / 1e3,
-        "max_queue_images": config.max_queue_images, "max_run_images": config.max_run_images}, metrics)
+        "max_queue_images": config.max_queue_images, "max_run_images": config.max_run_images}, metrics, cores)
 
     # gRPC turns SO_REUSEPORT on by default; only --workers wants it, elsewhere a busy port must be an error.
     server = grpc.aio.server(options=[*message_limits(config.max_message_mb),
@@ -120,7 +124,7 @@ async def serve_async(config: ServerConfig) -> None:
                              maximum_concurrent_rpcs=config.max_concurrent_rpcs,
                              interceptors=[TokenInterceptor(security.token, security.open_without_token)]
                              if security.token else [])
-    dataplane = DataPlane(store, metrics, max_response_bytes=config.max_message_mb * 2**20)
+    dataplane = DataPlane(store, metrics, max_response_bytes=config.max_message_mb * 2**20, cores=cores)
     http = None if config.http_port is None else HttpFront(dataplane, config.host, config.http_port,
                                                            config.max_message_mb * 2**20, security)
     health_servicer = HealthServicer(["", SERVICE_NAME, KSERVE_DESCRIPTOR.full_name, *store.models])

@@ -279,8 +279,10 @@ class Batcher:
             del self._caller_images[request.caller]
             del self._caller_tag[request.caller]
 
-    def _compute_run(self, images: np.ndarray, outputs: list[str], ranked: bool) -> dict[str, np.ndarray]:
-        results = self.runtime.run(images, outputs)
+    def _compute_run(self, images: np.ndarray, outputs: list[str], ranked: bool,
+                     on_compute_thread: bool = False) -> dict[str, np.ndarray]:
+        # a run worth a thread hand-off is worth spreading over idle workers' cores (server/core_share.py)
+        results = self.runtime.run(images, outputs, may_use_all_cores=on_compute_thread)
         if ranked:
             results[RANKING], results[RANKED_PROBABILITIES] = rank_classes(results[LOGITS])
         return results
@@ -299,7 +301,7 @@ class Batcher:
                 results = self._compute_run(images, outputs, ranked)
             else:
                 results = await asyncio.get_running_loop().run_in_executor(self._compute, self._compute_run, images,
-                                                                           outputs, ranked)
+                                                                           outputs, ranked, True)
             compute_s = time.monotonic() - start
             per_image = compute_s / len(images)
             self._image_s = per_image if self._image_s is None else 0.9 * self._image_s + 0.1 * per_image

@@ -23,6 +23,7 @@ import numpy as np
 
 from cnnserve.spec import LOGITS, UnknownFeatures, select_features
 from server.batcher import RANKED_PROBABILITIES, RANKING
+from server.core_share import CoreShare
 from server.errors import InvalidArgument, NotFound, ResourceExhausted, ServiceError, Unavailable, quote
 from server.images import DecodeBudget, decode_encoded, decode_tensor
 from server.metrics import Metrics
@@ -84,8 +85,9 @@ class InferResult:
 
 
 class DataPlane:
-    def __init__(self, store: ModelStore, metrics: Metrics, max_response_bytes: int):
+    def __init__(self, store: ModelStore, metrics: Metrics, max_response_bytes: int, cores: CoreShare | None = None):
         self.store = store
+        self.cores = cores or CoreShare()      # tells the other workers whether this one has requests in flight
         self.metrics = metrics
         self.max_response_bytes = max_response_bytes
         self.draining = False
@@ -130,11 +132,14 @@ class DataPlane:
             self.last_refused = time.monotonic()
             raise Unavailable("the server is shutting down; retry on another replica")
         self._in_flight += 1
+        if self._in_flight == 1:
+            self.cores.set_busy(True)
         try:
             return await self._counted_infer(request)
         finally:
             self._in_flight -= 1
             if not self._in_flight:
+                self.cores.set_busy(False)
                 self._idle.set()
 
     async def _counted_infer(self, request: InferRequest) -> InferResult:

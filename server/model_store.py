@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from server.batcher import CALLER_BATCHES, QUEUED_BATCHES, Batcher, BatchingOptions
+from server.core_share import CoreShare
 from server.errors import NotFound, Unavailable, quote
 from server.metrics import Metrics
 from server.repository import ModelVersion, RepositoryError, list_model_dirs, load_version, max_run_images
@@ -34,9 +35,10 @@ class ServedModel:
 
 class ModelStore:
     def __init__(self, repository: Path, names: list[str] | None, runtime_options: RuntimeOptions,
-                 batching_overrides: dict, metrics: Metrics):
+                 batching_overrides: dict, metrics: Metrics, cores: CoreShare | None = None):
         self.repository = repository
         self.runtime_options = runtime_options
+        self.cores = cores
         self.batching_overrides = {k: v for k, v in batching_overrides.items() if v is not None}
         self.metrics = metrics
         found = {d.name: d for d in list_model_dirs(repository)}
@@ -54,7 +56,7 @@ class ModelStore:
     def _load(self, model: ServedModel) -> None:
         try:
             version = load_version(self.repository / model.name)
-            runtime = ModelRuntime(version.model_path, self.runtime_options)
+            runtime = ModelRuntime(version.model_path, self.runtime_options, self.cores)
             check_graph(version, runtime)
             warmup_s = runtime.warm_up(self.runtime_options.warmup_runs)
         except RepositoryError as error:

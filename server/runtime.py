@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from server.core_share import CoreShare
+
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 GRAPH_OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -32,6 +34,8 @@ class RuntimeOptions:
     graph_optimization: str = "all"
     warmup_runs: int = 3
     spinning: bool = False            # let idle intra-op threads spin (lower latency, CPU burnt)
+    solo_threads: int = 0             # with --workers: a second session with this many threads, for a long run
+                                      # while no other worker is busy (0: none; see server/core_share.py)
 
 
 def providers_for(device: str) -> list[str]:
@@ -55,31 +59,46 @@ def preload_cuda_libraries() -> None:
 
 
 class ModelRuntime:
-    """One ONNX Runtime session for one model file."""
+    """An ONNX Runtime session for one model file (and with `solo_threads`, a second one with more threads)."""
 
-    def __init__(self, model_path: Path, options: RuntimeOptions):
-        session_options = ort.SessionOptions()
-        session_options.intra_op_num_threads = options.intra_op_threads
-        session_options.inter_op_num_threads = 1
-        session_options.graph_optimization_level = GRAPH_OPTIMIZATION[options.graph_optimization]
-        # ONNX Runtime's worker threads spin after each run waiting for the next; on a server whose
-        # event loop needs the same cores that spinning is stolen from request handling.
-        session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spinning else "0")
-        self.session = ort.InferenceSession(str(model_path), session_options,
-                                            providers=providers_for(options.device))
+    def __init__(self, model_path: Path, options: RuntimeOptions, cores: CoreShare | None = None):
+        self.session = _session(model_path, options, options.intra_op_threads)
         self.provider = self.session.get_providers()[0]
+        # (on CUDA the intra-op threads hardly matter, and a second session would hold the weights twice)
+        self.solo_session = (_session(model_path, options, options.solo_threads)
+                             if options.solo_threads > options.intra_op_threads and self.provider == CPU else None)
+        self.cores = cores or CoreShare()
         self.input_name = self.session.get_inputs()[0].name
         self.input_shape = tuple(self.session.get_inputs()[0].shape[1:])   # [1, side, side]; the batch is dynamic
         self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def run(self, images: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
-        """uint8 images [N, 1, side, side] -> the named outputs, each [N, ...]."""
-        return dict(zip(outputs, self.session.run(outputs, {self.input_name: images})))
+    def run(self, images: np.ndarray, outputs: list[str], may_use_all_cores: bool = False) -> dict[str, np.ndarray]:
+        """uint8 images [N, 1, side, side] -> the named outputs, each [N, ...]. A run that `may_use_all_cores`
+        (one long enough for the compute thread) takes the solo session while no other worker is busy."""
+        session = self.session_for(may_use_all_cores)
+        return dict(zip(outputs, session.run(outputs, {self.input_name: images})))
+
+    def session_for(self, may_use_all_cores: bool) -> ort.InferenceSession:
+        if may_use_all_cores and self.solo_session is not None and self.cores.alone():
+            return self.solo_session
+        return self.session
 
     def warm_up(self, runs: int, batch_sizes: tuple[int, ...] = (1, 8)) -> float:
         """Run every output at a few batch sizes so the first real request pays no set-up; return seconds."""
         start = time.perf_counter()
-        for _ in range(runs):
-            for n in batch_sizes:
-                self.run(np.zeros((n, *self.input_shape), dtype=np.uint8), self.output_names)
+        for session in filter(None, (self.session, self.solo_session)):
+            for _ in range(runs):
+                for n in batch_sizes:
+                    session.run(self.output_names, {self.input_name: np.zeros((n, *self.input_shape), dtype=np.uint8)})
         return time.perf_counter() - start
+
+
+def _session(model_path: Path, options: RuntimeOptions, threads: int) -> ort.InferenceSession:
+    session_options = ort.SessionOptions()
+    session_options.intra_op_num_threads = threads
+    session_options.inter_op_num_threads = 1
+    session_options.graph_optimization_level = GRAPH_OPTIMIZATION[options.graph_optimization]
+    # ONNX Runtime's worker threads spin after each run waiting for the next; on a server whose
+    # event loop needs the same cores that spinning is stolen from request handling.
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spinning else "0")
+    return ort.InferenceSession(str(model_path), session_options, providers=providers_for(options.device))

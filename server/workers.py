@@ -5,10 +5,11 @@ workers (they share their totals through a private temporary directory, `server/
 
 The workers share the cores: unless `--threads` says otherwise, each worker's ONNX Runtime sessions
 get cores / workers intra-op threads (at least one), not one per core each. On 2 cores,
-`python bench/side_by_side.py --a "--workers 2 --threads 2" --b "--workers 2" --model resnet18
+`python bench/side_by_side.py --a "--workers 2 --threads 2" --b "--workers 2 --threads 1" --model resnet18
 --concurrency 32` (4 interleaved rounds of 8 s): 275.5 images/s (263-281) with one thread per worker
-against 228.0 (212-237) with two each, p99 157 (138-184) against 202 (168-218) ms. The price: a
-lone request gets one worker's share of the cores (README, benchmark 5)."""
+against 228.0 (212-237) with two each, p99 157 (138-184) against 202 (168-218) ms. And so that a lone
+request still gets all the cores, each model has a second session with one thread per core, which a
+long run takes while the other workers are idle (`server/core_share.py`)."""
 from __future__ import annotations
 
 import logging
@@ -39,12 +40,13 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def worker_configs(config: ServerConfig, workers: int, shared: Path, cpus: int) -> list[ServerConfig]:
+def worker_configs(config: ServerConfig, workers: int, shared: Path, cpus: int, busy=None) -> list[ServerConfig]:
     """Each worker's config: its index, metrics port and share of the cores (see the module's docstring)."""
     runtime = config.runtime
     if runtime.intra_op_threads == 0:
-        runtime = replace(runtime, intra_op_threads=max(1, cpus // workers))
-    return [replace(config, runtime=runtime, worker=index, shared_statistics=shared,
+        share = max(1, cpus // workers)
+        runtime = replace(runtime, intra_op_threads=share, solo_threads=cpus if cpus > share else 0)
+    return [replace(config, runtime=runtime, worker=index, shared_statistics=shared, busy_workers=busy,
                     metrics_port=None if config.metrics_port is None else config.metrics_port + index)
             for index in range(workers)]
 
@@ -52,13 +54,16 @@ def worker_configs(config: ServerConfig, workers: int, shared: Path, cpus: int) 
 def _run_workers(config: ServerConfig, workers: int, shared: Path) -> None:
     context = multiprocessing.get_context("spawn")
     processes = []
-    configs = worker_configs(config, workers, shared, available_cpus())
+    busy = context.RawArray("B", workers)     # server/core_share.py: which workers have requests in flight
+    configs = worker_configs(config, workers, shared, available_cpus(), busy)
     for index, worker_config in enumerate(configs):
         process = context.Process(target=_worker, args=(worker_config,), name=f"worker-{index}")
         process.start()
         processes.append(process)
-    log.info("started %d workers on port %d, %d ONNX Runtime intra-op thread(s) per model each", workers,
-             config.port, configs[0].runtime.intra_op_threads)
+    runtime = configs[0].runtime
+    log.info("started %d workers on port %d, %d ONNX Runtime intra-op thread(s) per model each%s", workers,
+             config.port, runtime.intra_op_threads,
+             f", {runtime.solo_threads} for a long run while the other workers are idle" if runtime.solo_threads else "")
 
     def forward(signum, frame):
         for process in processes:

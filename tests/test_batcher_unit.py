@@ -25,8 +25,10 @@ class FakeRuntime:
         self.running = threading.Event()
         self.failure: Exception | None = None    # raised by any run that holds an image of value 2
         self.delay = 0.0                         # seconds each run takes
+        self.all_cores: list[bool] = []          # per run: whether it might take every core (server/core_share.py)
 
-    def run(self, images, outputs):
+    def run(self, images, outputs, may_use_all_cores=False):
+        self.all_cores.append(may_use_all_cores)
         self.running.set()
         self.gate.wait(5)
         time.sleep(self.delay)
@@ -187,7 +189,7 @@ def test_an_exception_fails_exactly_its_batch_and_the_next_request_runs(fake, fa
 
 def test_missing_output_in_the_runtime_result_does_not_wedge_the_model(fake):
     class Lacking(FakeRuntime):
-        def run(self, images, outputs):
+        def run(self, images, outputs, may_use_all_cores=False):
             return {}                       # metadata lists an output the graph does not have
 
     async def main():
@@ -257,6 +259,19 @@ def test_a_run_on_the_compute_thread_does_not_wait_for_company(fake):
         await make_active(batcher, "a", "b")
         return (await batcher.infer(images(1), ["logits"], caller="a")).queue_s
     assert asyncio.run(main()) < 0.25
+
+
+def test_only_runs_on_the_compute_thread_may_use_all_the_cores(fake):
+    """A run worth handing to the compute thread may take the cores of idle workers; an inline one stays small."""
+    async def main():
+        batcher = Batcher("m", fake, BatchingOptions())
+        await batcher.infer(images(1), ["logits"])      # the first run's cost is unknown: the compute thread
+        await batcher.infer(images(1), ["logits"])      # a fast model: inline
+        fake.delay = 0.05
+        await batcher.infer(images(1), ["logits"])      # 50 ms: the estimate passes 1 ms, the next is threaded
+        await batcher.infer(images(1), ["logits"])
+    asyncio.run(main())
+    assert fake.all_cores == [True, False, False, True]
 
 
 def test_ranked_requests_get_classes_best_first_with_softmax_probabilities(fake):

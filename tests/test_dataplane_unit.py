@@ -2,6 +2,7 @@
 What every protocol adapter relies on: lookup, checks and their messages, feature selection,
 the response budget, top-k, and the statistics."""
 import asyncio
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from cnnserve.spec import CLASSES
 from server.batcher import Batcher, BatchingOptions
+from server.core_share import CoreShare
 from server.dataplane import DataPlane, EncodedImage, InferRequest, PixelImage, decode_images
 from server.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from server.metrics import Metrics, sample_value
@@ -22,9 +24,11 @@ class FakeRuntime:
 
     def __init__(self):
         self.runs = 0
+        self.on_run = lambda: None
 
-    def run(self, images, outputs):
+    def run(self, images, outputs, may_use_all_cores=False):
         self.runs += 1
+        self.on_run()
         first = images[:, 0, 0, 0].astype(np.float32)
         values = {"logits": np.arange(10, dtype=np.float32)[None, :] * (1 + first[:, None]),
                   "conv1": np.ones((len(images), 2, 3, 3), dtype=np.float32)}
@@ -80,7 +84,19 @@ def test_a_whole_batch_tensor_equals_per_image_tensors(infer):
     assert np.array_equal(one, many)
 
 
-def test_raw_pixels_decode_in_one_copy_like_one_at_a_time():
+def test_a_worker_is_busy_for_the_others_while_it_has_requests_in_flight(runtime):
+    busy = multiprocessing.get_context("spawn").RawArray("B", 2)
+    store = ModelStore.__new__(ModelStore)
+    metrics = Metrics()
+    store.models = {"m": served("m", runtime, metrics)}
+    plane = DataPlane(store, metrics, max_response_bytes=2048, cores=CoreShare(busy, worker=1))
+    other = CoreShare(busy, worker=0)
+    during = []
+    runtime.on_run = lambda: during.append((list(busy), other.alone()))
+    asyncio.run(plane.infer(InferRequest("m", images=[pixels(0)])))
+    assert during == [([0, 1], False)]          # worker 0 would have kept to its share of the cores
+    assert list(busy) == [0, 0] and other.alone()
+
     rng = np.random.default_rng(0)
     arrays = [rng.integers(0, 256, (28, 28), dtype=np.uint8) for _ in range(5)]
     raw = [PixelImage([28, 28] if i % 2 else [1, 28, 28], "uint8", a.tobytes()) for i, a in enumerate(arrays)]

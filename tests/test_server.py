@@ -1,5 +1,6 @@
 """The gRPC service end to end: a real server process, real gRPC clients, real ONNX Runtime."""
 import json
+import multiprocessing
 import re
 import signal
 import subprocess
@@ -21,10 +22,11 @@ from models.data import CLASSES
 from server.app import ServerConfig
 from server.channel import connect
 from server.client import feature_array, raw_image
+from server.core_share import CoreShare
 from server.metrics import PUBLISH_S, sample_value
 from server.proto import classifier_pb2 as pb
 from server.proto import classifier_pb2_grpc as pb_grpc
-from server.runtime import RuntimeOptions
+from server.runtime import ModelRuntime, RuntimeOptions
 from server.workers import available_cpus, worker_configs
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -267,8 +269,10 @@ def test_workers_share_the_port_and_their_statistics_and_stop_together(serving_r
         while process.log().count("SERVING: 1 of 1 models ready") < 2:
             assert time.monotonic() < deadline, process.log()
             time.sleep(0.1)
-        threads = max(1, available_cpus() // 2)
+        cpus = available_cpus()
+        threads = max(1, cpus // 2)
         assert f"started 2 workers on port {process.port}, {threads} ONNX Runtime intra-op thread(s)" in process.log()
+        assert (f"{cpus} for a long run while the other workers are idle" in process.log()) == (cpus > threads)
         # SO_REUSEPORT hashes each connection to a worker, so both serve some of these (all 16 on one worker, where
         # one worker's own counts would pass too, has odds 2**-15)
         callers = 16
@@ -286,19 +290,46 @@ def test_workers_share_the_port_and_their_statistics_and_stop_together(serving_r
 
 
 def test_workers_split_the_cores_between_their_onnx_runtime_sessions(tmp_path):
-    """Each worker's sessions get cores / workers intra-op threads (at least one), not one per core each;
-    an explicit --threads is kept, and each worker has its own index and metrics port."""
+    """Each worker's sessions get cores / workers intra-op threads (at least one), not one per core each, and
+    a second session with every core for when the others are idle; an explicit --threads is kept as it is,
+    and each worker has its own index and metrics port."""
     config = ServerConfig(metrics_port=9000)
 
-    def threads(workers: int, cpus: int, conf: ServerConfig = config) -> list[int]:
-        return [c.runtime.intra_op_threads for c in worker_configs(conf, workers, tmp_path, cpus)]
+    def threads(workers: int, cpus: int, conf: ServerConfig = config) -> list[tuple[int, int]]:
+        return [(c.runtime.intra_op_threads, c.runtime.solo_threads)
+                for c in worker_configs(conf, workers, tmp_path, cpus)]
 
-    assert threads(2, cpus=2) == [1, 1]
-    assert threads(3, cpus=8) == [2, 2, 2]
-    assert threads(4, cpus=2) == [1, 1, 1, 1]
-    assert threads(2, 2, ServerConfig(runtime=RuntimeOptions(intra_op_threads=3))) == [3, 3]
-    configs = worker_configs(config, 2, tmp_path, cpus=2)
-    assert [(c.worker, c.metrics_port, c.shared_statistics) for c in configs] == [(0, 9000, tmp_path), (1, 9001, tmp_path)]
+    assert threads(2, cpus=2) == [(1, 2)] * 2
+    assert threads(3, cpus=8) == [(2, 8)] * 3
+    assert threads(4, cpus=2) == [(1, 2)] * 4
+    assert threads(2, cpus=1) == [(1, 0)] * 2
+    assert threads(2, 2, ServerConfig(runtime=RuntimeOptions(intra_op_threads=3))) == [(3, 0)] * 2
+    busy = multiprocessing.get_context("spawn").RawArray("B", 2)
+    configs = worker_configs(config, 2, tmp_path, cpus=2, busy=busy)
+    assert [(c.worker, c.metrics_port, c.shared_statistics, c.busy_workers) for c in configs] == [
+        (0, 9000, tmp_path, busy), (1, 9001, tmp_path, busy)]
+
+
+def test_a_long_run_takes_every_core_while_the_other_workers_are_idle(serving_repository):
+    """A worker's model has a session on its share of the cores and one on all of them; a run long enough for
+    the compute thread takes the latter only while no other worker has a request in flight."""
+    busy = multiprocessing.get_context("spawn").RawArray("B", 2)
+    runtime = ModelRuntime(serving_repository / "lenet_bn" / "1" / "model.onnx",
+                           RuntimeOptions(intra_op_threads=1, solo_threads=2), CoreShare(busy, worker=0))
+    assert runtime.session.get_session_options().intra_op_num_threads == 1
+    assert runtime.solo_session.get_session_options().intra_op_num_threads == 2
+    assert runtime.session_for(may_use_all_cores=True) is runtime.solo_session
+    assert runtime.session_for(may_use_all_cores=False) is runtime.session       # an inline run stays on its share
+    CoreShare(busy, worker=1).set_busy(True)                                      # the other worker takes a request
+    assert runtime.session_for(may_use_all_cores=True) is runtime.session
+    CoreShare(busy, worker=0).set_busy(True)                                      # this worker's own flag is no obstacle
+    CoreShare(busy, worker=1).set_busy(False)
+    assert runtime.session_for(may_use_all_cores=True) is runtime.solo_session
+    images = np.random.default_rng(0).integers(0, 256, (4, 1, 28, 28), dtype=np.uint8)
+    np.testing.assert_array_equal(runtime.run(images, ["logits"], may_use_all_cores=True)["logits"],
+                                  runtime.run(images, ["logits"])["logits"])
+    one_process = ModelRuntime(serving_repository / "lenet_bn" / "1" / "model.onnx", RuntimeOptions())
+    assert one_process.solo_session is None and one_process.session_for(may_use_all_cores=True) is one_process.session
 
 
 def test_server_modules_do_not_import_torch():
