@@ -219,7 +219,7 @@ def test_a_batch_waits_for_a_request_being_decoded_but_not_for_absent_company(fa
 
 
 async def make_active(batcher: Batcher, *callers: str) -> None:
-    """Each caller sends one request and gets its answer: they are now the batcher's recently active callers."""
+    """Each caller sends one request at once and gets its answer: the batcher now expects each back."""
     await asyncio.gather(*(batcher.infer(images(9), ["logits"], caller=c) for c in callers))
 
 
@@ -238,6 +238,37 @@ def test_an_inline_run_waits_for_callers_that_have_been_active(fake):
     assert fake.batches == [[4, 5, 6]]
     assert results[0].queue_s >= 0.015, "the first request did not wait for the others"
     assert results[0].queue_s < 0.25, "the run waited past the last expected caller"
+
+
+def test_an_inline_run_waits_for_every_call_a_multiplexed_connection_had_in_flight(fake):
+    """One gRPC channel, many calls in flight (HTTP/2 streams on one connection): the caller is one, its company
+    is not. Counting callers, the second run went at once with one image (mean batch 1.01 under h2load)."""
+    async def main():
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0.5))
+        await make_active(batcher, "channel", "channel", "channel")   # three calls in flight, all answered
+        fake.batches.clear()
+        tasks = []
+        for value in (4, 5, 6):                                      # each call comes back with a new request
+            tasks.append(asyncio.create_task(batcher.infer(images(value), ["logits"], caller="channel")))
+            await asyncio.sleep(0.01)
+        return await asyncio.gather(*tasks)
+    results = asyncio.run(main())
+    assert fake.batches == [[4, 5, 6]]
+    assert 0.015 <= results[0].queue_s < 0.25
+
+
+def test_the_batcher_forgets_callers_that_are_gone(fake):
+    """Connections come and go; what the batcher keeps per caller must not grow with every one it has seen
+    (before, a model that ran on the compute thread kept each caller's last arrival forever)."""
+    async def main():
+        batcher = Batcher("m", fake, BatchingOptions())
+        fake.delay = 0.002                                   # a compute-thread model
+        for i in range(200):
+            await batcher.infer(images(1), ["logits"], caller=f"connection-{i}")
+        await asyncio.sleep(0.1)                             # twice ACTIVE_CALLER_S
+        await batcher.infer(images(1), ["logits"], caller="last")
+        return batcher.remembered_callers
+    assert asyncio.run(main()) <= 1
 
 
 def test_a_caller_that_does_not_come_back_delays_a_run_by_at_most_the_queue_delay(fake):
