@@ -23,7 +23,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
                         help="auto: CUDA execution provider when available, else CPU; cuda: fail without it")
     parser.add_argument("--threads", type=int, default=r.intra_op_threads,
                         help="ONNX Runtime intra-op threads per model (0: one per core; with --workers, "
-                        "the cores divided among the workers)")
+                        "the cores divided among the workers, and all of them for a long run while the other "
+                        "workers are idle)")
     parser.add_argument("--graph-optimization", choices=list(GRAPH_OPTIMIZATION), default=r.graph_optimization)
     parser.add_argument("--warmup-runs", type=int, default=r.warmup_runs)
     parser.add_argument("--max-message-mb", type=int, default=d.max_message_mb, help="gRPC message size limit, both directions")
