@@ -11,7 +11,8 @@ when no other worker has a request in flight.
 The workers tell each other through one byte each in shared memory (a `multiprocessing.RawArray`
 made by the parent): a worker sets its byte while its data plane has requests in flight. A glance
 at the others' bytes is a few hundred nanoseconds, and a stale glance costs at most one run with
-more threads than cores, so there is no lock.
+more threads than cores, so there is no lock. (A worker killed mid-request leaves its byte set: the
+others then keep to their share, as before this existed.)
 """
 from __future__ import annotations
 

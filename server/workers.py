@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import signal
 import tempfile
+from collections.abc import MutableSequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def worker_configs(config: ServerConfig, workers: int, shared: Path, cpus: int, busy=None) -> list[ServerConfig]:
+def worker_configs(config: ServerConfig, workers: int, shared: Path, cpus: int,
+                   busy: MutableSequence[int] | None = None) -> list[ServerConfig]:
     """Each worker's config: its index, metrics port and share of the cores (see the module's docstring)."""
     runtime = config.runtime
     if runtime.intra_op_threads == 0:
