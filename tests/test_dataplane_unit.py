@@ -84,16 +84,13 @@ def test_a_whole_batch_tensor_equals_per_image_tensors(infer):
     assert np.array_equal(one, many)
 
 
-def test_a_worker_is_busy_for_the_others_while_it_has_requests_in_flight(runtime):
+def test_a_worker_is_busy_for_the_others_while_it_has_requests_in_flight(plane, runtime, infer):
     busy = multiprocessing.get_context("spawn").RawArray("B", 2)
-    store = ModelStore.__new__(ModelStore)
-    metrics = Metrics()
-    store.models = {"m": served("m", runtime, metrics)}
-    plane = DataPlane(store, metrics, max_response_bytes=2048, cores=CoreShare(busy, worker=1))
+    plane.cores = CoreShare(busy, worker=1)
     other = CoreShare(busy, worker=0)
     during = []
     runtime.on_run = lambda: during.append((list(busy), other.alone()))
-    asyncio.run(plane.infer(InferRequest("m", images=[pixels(0)])))
+    infer(InferRequest("m", images=[pixels(0)]))
     assert during == [([0, 1], False)]          # worker 0 would have kept to its share of the cores
     assert list(busy) == [0, 0] and other.alone()
 
