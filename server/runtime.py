@@ -33,7 +33,6 @@ class RuntimeOptions:
     intra_op_threads: int = 0         # 0: ONNX Runtime's default (one per physical core)
     graph_optimization: str = "all"
     warmup_runs: int = 3
-    spinning: bool = False            # intra-op threads spin between runs too (CPU taken from the event loop)
     solo_threads: int = 0             # with --workers: a second session with this many threads, for a long run
                                       # while no other worker is busy (0: none; see server/core_share.py)
 
@@ -100,8 +99,8 @@ def _session(model_path: Path, options: RuntimeOptions, threads: int) -> ort.Inf
     session_options.graph_optimization_level = GRAPH_OPTIMIZATION[options.graph_optimization]
     # ONNX Runtime's pool threads spin while they wait for work. Within a run that saves a wake-up per
     # operator (lenet_bn batch 64: 0.65 against 0.75-0.81 ms, no more CPU); between runs it takes the
-    # cores from the event loop (once a third to a half of the server's CPU), so by default spinning
-    # stops as each run returns.
+    # cores from the event loop (once a third to a half of the server's CPU), so spinning stops as
+    # each run returns.
     session_options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    session_options.add_session_config_entry("session.force_spinning_stop", "0" if options.spinning else "1")
+    session_options.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(str(model_path), session_options, providers=providers_for(options.device))
