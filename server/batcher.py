@@ -8,9 +8,9 @@ less than `INLINE_RUN_S` (lenet_bn: tens of microseconds per image, up to a full
 runs on the loop itself. Handing a run to the thread costs more than the wake-up: ONNX Runtime
 runs it on the compute thread and its own pool thread while the loop goes on, three busy threads
 on two cores, where an inline run keeps it to two. Measured on lenet_bn's 64-image requests
-(runs of about a millisecond), inline against the compute thread: 0.2-0.4 ms less server CPU
-per request and 15 % more images/s (44 % with `--workers 2`). The bound is how long one run may
-hold everyone else's requests: a run of up to 2 ms, about the batching delay, still runs inline.
+(runs of about a millisecond), inline against the compute thread: 0.3-0.5 ms less server CPU
+per request and a quarter more images/s (README, benchmark 5). The bound is how long one run
+may hold everyone else's requests: a run of up to 2 ms, about the batching delay, runs inline.
 
 Waiting for company: nothing arrives while an inline run holds the loop, and gRPC hands the loop
 new calls one at a time, so a batcher that started every inline run at once would run batches of
