@@ -5,12 +5,13 @@ that runs ONNX Runtime (which releases the GIL). While a batch computes, the loo
 and queueing, so when the run ends the next batch takes everything that arrived meanwhile:
 batches grow with load by themselves, and a lone request starts at once. A run expected to take
 less than `INLINE_RUN_S` (lenet_bn: tens of microseconds per image, up to a full batch of 64)
-runs on the loop itself. Handing a run to the thread costs more than the wake-up: ONNX Runtime
-runs it on the compute thread and its own pool thread while the loop goes on, three busy threads
-on two cores, where an inline run keeps it to two. Measured on lenet_bn's 64-image requests
-(runs of about a millisecond), inline against the compute thread: 0.3-0.5 ms less server CPU
-per request and a quarter more images/s (README, benchmark 5). The bound is how long one run
-may hold everyone else's requests: a run of up to 2 ms, about the batching delay, runs inline.
+runs on the loop itself. Handing a run to the thread costs more than the wake-up, most likely
+because ONNX Runtime then runs it on the compute thread and its own pool thread while the loop
+goes on, three busy threads on two cores, where an inline run keeps it to two. Measured on
+lenet_bn's 64-image requests (runs of about a millisecond), inline against the compute thread:
+0.3-0.5 ms less server CPU per request and a quarter more images/s (README, benchmark 5). The
+bound is how long one run may hold everyone else's requests: up to 2 ms, about the batching
+delay, a run goes inline.
 
 Waiting for company: nothing arrives while an inline run holds the loop, and gRPC hands the loop
 new calls one at a time, so a batcher that started every inline run at once would run batches of

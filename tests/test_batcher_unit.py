@@ -313,10 +313,12 @@ def test_a_run_of_about_a_millisecond_runs_on_the_loop(fake):
     async def main():
         batcher = Batcher("m", fake, BatchingOptions())
         fake.delay = 0.0012
-        for _ in range(4):
+        for _ in range(16):
             await batcher.infer(images(1, 64), ["logits"])
     asyncio.run(main())
-    assert fake.all_cores == [True, False, False, False]     # the first run's cost is unknown: the compute thread
+    assert fake.all_cores[0]                  # the first run's cost is unknown: the compute thread
+    # then inline (from the second run, unless a sleep overshot: the estimate is a moving average)
+    assert fake.all_cores[-4:] == [False] * 4, fake.all_cores
 
 
 def test_ranked_requests_get_classes_best_first_with_softmax_probabilities(fake):
