@@ -28,9 +28,19 @@ class Preprocessing:
     std: float | None = None
 
 
+def parse_decimal(text: str, max_digits: int = 18) -> int | None:
+    """A non-negative integer written in ASCII digits, else None. `str.isdigit` alone accepts '²' and
+    other Unicode digits that `int()` then refuses, and a long enough digit string makes `int()` raise."""
+    if not text or len(text) > max_digits or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
 def available_versions(model_dir: Path) -> list[int]:
     """The numbered version directories of a model, ascending."""
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()) if model_dir.is_dir() else []
+    if not model_dir.is_dir():
+        return []
+    return sorted(v for p in model_dir.iterdir() if p.is_dir() and (v := parse_decimal(p.name)) is not None)
 
 
 def next_version(model_dir: Path) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 from server.app import ServerConfig, configure_logging, serve
 from server.repository import RepositoryError
 from server.runtime import GRAPH_OPTIMIZATION, ProviderUnavailable, RuntimeOptions
-from server.security import SecurityOptions
+from server.security import DEFAULT_OPEN, SecurityOptions
 from server.workers import run_workers
 
 
@@ -38,8 +38,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
     parser.add_argument("--max-queue-images", type=int, help="queued images per model before RESOURCE_EXHAUSTED "
                         "(default: 16 × max batch size)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this HTTP port")
+    parser.add_argument("--metrics-host", help="address of the metrics port (default: --host, but loopback when "
+                        "TLS or a token is configured, as the metrics port has neither)")
     parser.add_argument("--http-port", type=int, help="serve KServe v2 over HTTP/REST on this port (gRPC, "
                         "cnnserve.v1 and KServe v2, is always on --port)")
+    parser.add_argument("--http-header-timeout", type=float, default=d.http_header_timeout_s,
+                        help="seconds an HTTP client has to send a request's headers before it is disconnected")
+    parser.add_argument("--http-max-connections", type=int, default=d.http_max_connections,
+                        help="open HTTP connections per server process; more are closed at once")
     parser.add_argument("--grace", type=float, default=d.grace_s, help="seconds in-flight calls get on SIGTERM")
     parser.add_argument("--max-concurrent-rpcs", type=int, default=d.max_concurrent_rpcs,
                         help="calls in progress (streams too) beyond which new ones get RESOURCE_EXHAUSTED")
@@ -53,8 +59,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
     parser.add_argument("--tls-client-ca", type=Path, help="PEM CA: require client certificates it signed (mTLS)")
     parser.add_argument("--auth-token-file", type=Path, help="require 'authorization: Bearer <token>' (the "
                         "file's first line) on every call")
-    parser.add_argument("--auth-open", default="health,reflection", help="services callable without the token: "
-                        "health, reflection, both (the default, for probes and grpcurl) or none")
+    parser.add_argument("--auth-open", default=",".join(DEFAULT_OPEN), help="what answers without the token, on "
+                        "every protocol: health (gRPC health, KServe ServerLive/ServerReady, /v2/health/*), reflection, "
+                        "explorer (the page and sample images), a comma-separated list of them, or none "
+                        "(default: %(default)s)")
     parser.add_argument("--strict", action="store_true", help="exit when any model fails to load (default: it "
                         "stays NOT_SERVING with its reason and the others serve)")
     parser.add_argument("--workers", type=int, default=1, help="server processes sharing the port (SO_REUSEPORT)")
@@ -64,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
     config = ServerConfig(
         model_repository=args.model_repository, models=args.models.split(",") if args.models else None,
         host=args.host, port=args.port, runtime=runtime, max_message_mb=args.max_message_mb,
-        grace_s=args.grace, metrics_port=args.metrics_port, http_port=args.http_port,
+        grace_s=args.grace, metrics_port=args.metrics_port, metrics_host=args.metrics_host, http_port=args.http_port,
+        http_header_timeout_s=args.http_header_timeout, http_max_connections=args.http_max_connections,
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_images=args.max_queue_images, max_run_images=args.max_run_images, reuse_port=args.workers > 1,
         strict=args.strict,

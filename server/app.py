@@ -28,6 +28,7 @@ from server.dataplane import DataPlane
 from server.health import NOT_SERVING, SERVING, HealthServicer
 from server.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from server.http import HttpFront
+from server.http_guard import HEADER_TIMEOUT_S, MAX_CONNECTIONS
 from server.images import preload_decoders
 from server.kserve import SERVICE_DESCRIPTOR as KSERVE_DESCRIPTOR
 from server.kserve import KServeGrpcService
@@ -54,7 +55,10 @@ class ServerConfig:
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
     grace_s: float = 10.0
     metrics_port: int | None = None
+    metrics_host: str | None = None         # None: `host`, or loopback with TLS or a token (server/security.py)
     http_port: int | None = None            # KServe v2 over HTTP/REST on this port
+    http_header_timeout_s: float = HEADER_TIMEOUT_S
+    http_max_connections: int = MAX_CONNECTIONS
     max_batch_size: int | None = None       # None: from each model's config.pbtxt
     max_queue_delay_ms: float | None = None
     max_queue_images: int | None = None
@@ -106,12 +110,13 @@ async def serve_async(config: ServerConfig) -> None:
     preload_cuda_libraries()
     metrics = Metrics(config.shared_statistics, config.worker)
     if config.metrics_port is not None:
+        metrics_host = config.metrics_host or ("127.0.0.1" if security.tls or security.token else config.host)
         try:
-            metrics.serve(config.metrics_port, config.host)
+            metrics.serve(config.metrics_port, metrics_host)
         except OSError as error:
             raise SystemExit(f"error: --metrics-port {config.metrics_port}: cannot listen on "
-                             f"{config.host}:{config.metrics_port} ({error.strerror or error})") from None
-        log.info("metrics on http://%s:%d/metrics", config.host, config.metrics_port)
+                             f"{metrics_host}:{config.metrics_port} ({error.strerror or error})") from None
+        log.info("metrics on http://%s:%d/metrics", metrics_host, config.metrics_port)
     cores = CoreShare(config.busy_workers, config.worker)
     store = ModelStore(config.model_repository, config.models, config.runtime, {
         "max_batch_size": config.max_batch_size,
@@ -125,8 +130,7 @@ async def serve_async(config: ServerConfig) -> None:
                              interceptors=[TokenInterceptor(security.token, security.open_without_token)]
                              if security.token else [])
     dataplane = DataPlane(store, metrics, max_response_bytes=config.max_message_mb * 2**20, cores=cores)
-    http = None if config.http_port is None else HttpFront(dataplane, config.host, config.http_port,
-                                                           config.max_message_mb * 2**20, security)
+    http = None if config.http_port is None else HttpFront(dataplane, config, security)
     health_servicer = HealthServicer(["", SERVICE_NAME, KSERVE_DESCRIPTOR.full_name, *store.models])
     add_services(server, dataplane, health_servicer)
     address = f"{config.host}:{config.port}"

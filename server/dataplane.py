@@ -114,7 +114,11 @@ class DataPlane:
         return self._in_flight == 0
 
     def ready(self) -> bool:
-        return any(model.ready for model in self.store.models.values())
+        """Server readiness, as Triton's strict readiness: every model to be served is loaded and warm, and the
+        server is not shutting down. A model that failed to load keeps the server not ready (it serves the
+        others all the same): a readiness probe must not send traffic to a replica missing a model."""
+        return bool(self.store.models) and all(model.ready for model in self.store.models.values()) \
+            and not self.draining
 
     def model(self, name: str, version: int = 0) -> ServedModel:
         """A ready model (NotFound, or Unavailable with its reason)."""

@@ -3,8 +3,9 @@
 The page is static files (`server/explorer/`: HTML, CSS, plain ES modules, no build step) that
 talk to the server only through the KServe v2 HTTP API beside them, so the browser's network tab
 shows every request it makes. This module only serves those files and the shipped sample images;
-it holds no inference code. The routes need no bearer token: they serve nothing but the page and
-the samples (the page sends the token, when the server wants one, with its API calls).
+it holds no inference code. By default the routes need no bearer token (`--auth-open` names
+`explorer`): they serve nothing but the page and the samples, and the page sends the token, when
+the server wants one, with its API calls.
 """
 from __future__ import annotations
 

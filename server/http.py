@@ -9,25 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import socket
 import ssl
 import struct
+import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 import uvicorn
 from google.protobuf import json_format
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cnnserve.spec import INPUT_NAME, LOGITS
+from cnnserve.spec import INPUT_NAME, LOGITS, parse_decimal
 from server.dataplane import DataPlane, EncodedImage, InferRequest, InferResult
 from server.errors import InvalidArgument, ResourceExhausted, ServiceError
 from server.explorer import explorer_routes
+from server.http_guard import MAX_HEADER_BYTES, GuardedH11Protocol, HeaderLimit, TokenCheck, json_http_error
 from server.kserve import (
     EXTENSIONS,
     PLATFORM,
@@ -41,7 +45,10 @@ from server.kserve import (
     server_version,
     tensor_metadata,
 )
-from server.security import HTTP_OPEN_PATHS, SecurityOptions, token_matches
+from server.security import SecurityOptions
+
+if TYPE_CHECKING:
+    from server.app import ServerConfig
 
 log = logging.getLogger(__name__)
 STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503,
@@ -61,15 +68,10 @@ def error_response(error: ServiceError) -> JSONResponse:
     return JSONResponse({"error": error.message}, status_code=STATUS[error.status])
 
 
-def guarded_endpoint(handler, security: SecurityOptions):
-    """The bearer token when one is required; ServiceErrors become `{"error": ...}` with their status;
-    anything else a logged 500."""
-    open_paths = tuple(HTTP_OPEN_PATHS[name] for name in security.open_without_token if name in HTTP_OPEN_PATHS)
+def guarded_endpoint(handler):
+    """ServiceErrors become `{"error": ...}` with their status; anything else a logged 500."""
 
     async def wrapped(request: Request) -> Response:
-        if security.token and not request.url.path.startswith(open_paths) and \
-                not token_matches(request.headers.get("authorization"), security.token):
-            return JSONResponse({"error": "missing or wrong bearer token (Authorization header)"}, status_code=401)
         try:
             return await handler(request)
         except ServiceError as error:
@@ -84,7 +86,7 @@ class KServeHttp:
     def __init__(self, dataplane: DataPlane, max_body_bytes: int, security: SecurityOptions):
         self.dataplane = dataplane
         self.max_body_bytes = max_body_bytes
-        endpoint = functools.partial(guarded_endpoint, security=security)
+        endpoint = guarded_endpoint
         model = "/v2/models/{name}"
         versioned = "/v2/models/{name}/versions/{version}"
         routes = [Route("/v2/health/live", endpoint(self.live)), Route("/v2/health/ready", endpoint(self.ready)),
@@ -95,7 +97,10 @@ class KServeHttp:
                        Route(path + "/config", endpoint(self.model_config)),
                        Route(path + "/stats", endpoint(self.model_stats)),
                        Route(path + "/infer", endpoint(self.infer), methods=["POST"])]
-        self.app = Starlette(routes=routes + explorer_routes())   # the page and its files need no token
+        self.app = Starlette(routes=routes + explorer_routes(), exception_handlers={HTTPException: json_http_error},
+                             middleware=[Middleware(HeaderLimit),
+                                         Middleware(TokenCheck, token=security.token,
+                                                    open_names=security.open_without_token)])
 
     def model(self, request: Request):
         return self.dataplane.model(request.path_params["name"], parse_version(request.path_params.get("version", "")))
@@ -201,10 +206,11 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     if header_length is None:
         json_part, binary = body, b""
     else:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        length = parse_decimal(header_length)
+        if length is None or length > len(body):
             raise InvalidArgument(f"{HEADER_LENGTH} must be the byte length of the JSON part, at most the body's "
                                   f"{len(body):,} bytes")
-        json_part, binary = body[:int(header_length)], body[int(header_length):]
+        json_part, binary = body[:length], body[length:]
     if len(json_part) > MAX_JSON_BYTES:
         raise ResourceExhausted(f"the JSON part is {len(json_part):,} bytes, over the limit of {MAX_JSON_BYTES:,}; "
                                 f"send tensors as binary data ({HEADER_LENGTH})")
@@ -212,16 +218,29 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
         header = json.loads(json_part)
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidArgument(f"the request body is not valid JSON ({str(error)[:100]})") from None
+    except RecursionError:      # the parser recurses once per nesting level
+        raise InvalidArgument(f"the request body's JSON nests deeper than the parser allows (about "
+                              f"{sys.getrecursionlimit():,} levels)") from None
     if not isinstance(header, dict):
         raise InvalidArgument("the request body must be a JSON object with 'inputs'")
     return header, binary
+
+
+def parameters_of(tensor: dict, where: str) -> dict:
+    """A tensor's `parameters` object ({} when absent)."""
+    parameters = tensor.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise InvalidArgument(f"{where}: parameters must be a JSON object")
+    return parameters
 
 
 def input_tensor(tensor: dict, binary: bytes) -> np.ndarray:
     shape, datatype = tensor.get("shape"), tensor.get("datatype")
     if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
         raise InvalidArgument(f"input {INPUT_NAME!r}: shape must be a list of integers")
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    size = parameters_of(tensor, f"input {INPUT_NAME!r}").get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size != len(binary):
             raise InvalidArgument(f"input {INPUT_NAME!r}: binary_data_size {str(size)[:20]} does not match the "
@@ -229,7 +248,7 @@ def input_tensor(tensor: dict, binary: bytes) -> np.ndarray:
         return image_batch(str(tensor.get("name"))[:200], str(datatype), shape, binary)
     try:
         values = np.asarray(tensor.get("data"), dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidArgument(f"input {INPUT_NAME!r}: data must be a (nested) list of integers") from None
     return image_batch(str(tensor.get("name"))[:200], str(datatype), shape, None, values)
 
@@ -245,7 +264,7 @@ def model_input(tensor: dict, binary: bytes, model) -> tuple[np.ndarray | None, 
 
 def encoded_files(tensor: dict, binary: bytes, max_files: int) -> list[bytes]:
     """The elements of a BYTES tensor sent as binary data: each a 4-byte little-endian length, then the file."""
-    shape, size = tensor.get("shape"), (tensor.get("parameters") or {}).get("binary_data_size")
+    shape, size = tensor.get("shape"), parameters_of(tensor, f"input {ENCODED_INPUT!r}").get("binary_data_size")
     if tensor.get("datatype") != "BYTES" or not isinstance(shape, list) or len(shape) != 1 or \
             not isinstance(shape[0], int) or not 1 <= shape[0] <= max_files:
         raise InvalidArgument(f"input {ENCODED_INPUT!r} must be datatype BYTES, shape [N], 1 <= N <= {max_files}")
@@ -283,7 +302,7 @@ def requested_outputs(outputs) -> list[tuple[str, int, bool, str]]:
         raise InvalidArgument("outputs must be a list of {\"name\": ...} objects")
     requested = []
     for output in outputs:
-        parameters = output.get("parameters") or {}
+        parameters = parameters_of(output, "each output")
         k = parameters.get("classification", 0)
         if not isinstance(k, int):
             raise InvalidArgument("the classification parameter must be an integer")
@@ -305,9 +324,10 @@ class EmbeddedServer(uvicorn.Server):
 class HttpFront:
     """uvicorn on the server's event loop, its socket bound before the models load so a busy port fails at once."""
 
-    def __init__(self, dataplane: DataPlane, host: str, port: int, max_body_bytes: int, security: SecurityOptions):
+    def __init__(self, dataplane: DataPlane, config: ServerConfig, security: SecurityOptions):
+        host, port = config.host, config.http_port
         try:
-            self.socket = socket.create_server((host, port))
+            self.socket = socket.create_server((host, port), reuse_port=config.reuse_port)   # --workers share it
             # accepted connections inherit it: no Nagle wait on a response's separate writes
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as error:
@@ -317,10 +337,12 @@ class HttpFront:
             "ssl_certfile": str(security.tls_cert), "ssl_keyfile": str(security.tls_key),
             **({"ssl_ca_certs": str(security.tls_client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
                if security.tls_client_ca else {})}
-        config = uvicorn.Config(KServeHttp(dataplane, max_body_bytes, security).app, log_level="warning",
-                                access_log=False, timeout_keep_alive=30, limit_concurrency=1024,
-                                timeout_graceful_shutdown=10, **tls)
-        self.server = EmbeddedServer(config)
+        app = KServeHttp(dataplane, config.max_message_mb * 2**20, security).app
+        protocol = GuardedH11Protocol.limited(config.http_header_timeout_s, config.http_max_connections)
+        self.server = EmbeddedServer(uvicorn.Config(
+            app, log_level="warning", access_log=False, timeout_keep_alive=30, timeout_graceful_shutdown=10,
+            http=protocol, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            limit_concurrency=config.http_max_connections, **tls))
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:

@@ -19,7 +19,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc
 
-from cnnserve.spec import INPUT_NAME, LOGITS
+from cnnserve.spec import INPUT_NAME, LOGITS, parse_decimal
 from server.dataplane import DataPlane, InferRequest, InferResult
 from server.errors import InvalidArgument, NotFound, quote
 from server.model_store import ServedModel
@@ -43,9 +43,10 @@ def parse_version(text: str) -> int:
     """'' means the loaded version; otherwise a positive integer."""
     if not text:
         return 0
-    if not text.isdigit():
+    version = parse_decimal(text)
+    if version is None:
         raise InvalidArgument(f"model_version {quote(text)} is not a version number")
-    return int(text)
+    return version
 
 
 def image_batch(name: str, datatype: str, shape: list[int], data: bytes | None, values=None) -> np.ndarray:

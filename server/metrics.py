@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 PUBLISH_S = 0.1      # how often a worker shares its statistics totals with the others
+RESTARTS_FILE = "restarts.json"     # with --workers: the parent's count of replaced workers, by worker index
 
 
 class Histogram:
@@ -198,6 +199,8 @@ class Metrics:
             in_flight.add_metric([name], stats.in_flight)
         yield requests
         yield in_flight
+        if self.shared_dir is not None:
+            yield self.worker_restarts()
         for metric, help_text, attribute in HISTOGRAMS:
             family = HistogramMetricFamily(metric, help_text, labels=["model"])
             for name, stats in models:
@@ -205,6 +208,18 @@ class Metrics:
                 if any(histogram.counts):     # a series appears with its first observation
                     family.add_metric([name], histogram.buckets(), histogram.sum)
             yield family
+
+    def worker_restarts(self) -> CounterMetricFamily:
+        """How often the parent replaced each worker that died (server/workers.py), as it last wrote them."""
+        family = CounterMetricFamily("cnnserve_worker_restarts", "Workers replaced after they died, by worker index",
+                                     labels=["worker"])
+        try:
+            restarts = json.loads((self.shared_dir / RESTARTS_FILE).read_text())
+        except (OSError, ValueError):       # none replaced yet
+            restarts = {}
+        for worker, count in sorted(restarts.items()):
+            family.add_metric([worker], count)
+        return family
 
     def exposition(self) -> str:
         """The Prometheus text format, as /metrics serves it."""

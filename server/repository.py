@@ -14,7 +14,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from cnnserve.spec import CONFIG_FILE, LOGITS, METADATA_FILE, available_versions, sha256_file
+from cnnserve.spec import CONFIG_FILE, LOGITS, METADATA_FILE, available_versions, parse_decimal, sha256_file
 
 
 class RepositoryError(RuntimeError):
@@ -117,10 +117,11 @@ def max_run_images(config: mc.ModelConfig, where: str = "config.pbtxt") -> int:
     if RUN_IMAGES_PARAMETER not in config.parameters:
         return 0
     text = config.parameters[RUN_IMAGES_PARAMETER].string_value
-    if not text.isdigit() or not 1 <= int(text) <= config.max_batch_size:
+    count = parse_decimal(text)
+    if count is None or not 1 <= count <= config.max_batch_size:
         raise RepositoryError(f"{where}: parameters {RUN_IMAGES_PARAMETER!r} {text[:20]!r} must be an integer in "
                               f"1..max_batch_size ({config.max_batch_size})")
-    return int(text)
+    return count
 
 
 def check_metadata(metadata: object, where: str) -> None:

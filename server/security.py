@@ -1,6 +1,12 @@
 """Transport security and authentication: TLS (and mutual TLS) for gRPC and HTTP, and a bearer
-token compared in constant time. Health and reflection can stay open, so probes and grpcurl work
-without the token.
+token compared in constant time.
+
+One policy for every protocol: with a token, every call needs it except what `--auth-open` names.
+`health` opens the probes on every protocol at once (gRPC health, KServe v2 ServerLive/ServerReady
+over gRPC, `/v2/health/*` over HTTP), so a Kubernetes probe works whichever it uses; `reflection`
+opens gRPC reflection (grpcurl); `explorer` opens the explorer page and its sample images (static
+files: the page then sends the token with its API calls). With TLS or a token, the metrics port
+listens on loopback unless `--metrics-host` says otherwise (it serves plain HTTP without a token).
 """
 from __future__ import annotations
 
@@ -10,8 +16,13 @@ from pathlib import Path
 
 import grpc
 
-OPENABLE = {"health": "grpc.health.v1.Health", "reflection": "grpc.reflection."}   # name: service prefix
-HTTP_OPEN_PATHS = {"health": "/v2/health/"}
+KSERVE = "/inference.GRPCInferenceService/"
+# What each --auth-open name opens: gRPC method prefixes, and HTTP paths (a path ending in "/" opens
+# what lies below it; "/" itself only the page).
+OPENABLE = {"health": (("/grpc.health.v1.Health/", KSERVE + "ServerLive", KSERVE + "ServerReady"), ("/v2/health/",)),
+            "reflection": (("/grpc.reflection.",), ()),
+            "explorer": ((), ("/", "/explorer/", "/examples/"))}
+DEFAULT_OPEN = ("health", "reflection", "explorer")
 
 
 @dataclass(frozen=True)
@@ -20,7 +31,7 @@ class SecurityOptions:
     tls_key: Path | None = None           # its PEM private key
     tls_client_ca: Path | None = None     # PEM CA(s): clients must present a certificate it signed (mTLS)
     auth_token_file: Path | None = None   # clients must send "authorization: Bearer <the file's first line>"
-    open_without_token: tuple[str, ...] = ("health", "reflection")
+    open_without_token: tuple[str, ...] = DEFAULT_OPEN
     token: bytes | None = field(default=None, compare=False)
 
     @property
@@ -63,21 +74,29 @@ def server_credentials(options: SecurityOptions) -> grpc.ServerCredentials:
         raise SystemExit(f"error: the TLS certificate or key is not usable ({error})") from None
 
 
+def open_grpc_prefixes(open_names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(prefix for name in open_names for prefix in OPENABLE[name][0])
+
+
+def http_path_is_open(path: str, open_names: tuple[str, ...]) -> bool:
+    return any(path == open_path or (open_path != "/" and path.startswith(open_path))
+               for name in open_names for open_path in OPENABLE[name][1])
+
+
 def token_matches(header: str | None, token: bytes) -> bool:
     """Constant-time comparison of an `authorization` value with "Bearer <token>"."""
     return hmac.compare_digest((header or "").encode(errors="replace"), b"Bearer " + token)
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """Every gRPC method needs the bearer token, except those of the services left open."""
+    """Every gRPC method needs the bearer token, except those `--auth-open` opens."""
 
     def __init__(self, token: bytes, open_services: tuple[str, ...]):
         self.token = token
-        self.open_prefixes = tuple(OPENABLE[name] for name in open_services)
+        self.open_prefixes = open_grpc_prefixes(open_services)
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
-        service = details.method.lstrip("/").split("/")[0]
-        if service.startswith(self.open_prefixes):
+        if details.method.startswith(self.open_prefixes):
             return await continuation(details)
         header = dict(details.invocation_metadata or ()).get("authorization")
         if token_matches(header, self.token):
