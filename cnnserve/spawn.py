@@ -32,9 +32,10 @@ def free_port() -> int:
 class SpawnedServer:
     def __init__(self, repository: Path | None, args: list[str] = (), log_path: Path | None = None,
                  with_metrics: bool = False, wait: bool = True, timeout: float = 120, with_http: bool = False,
-                 security: ClientSecurity | None = None, command: list[str] | None = None):
+                 security: ClientSecurity | None = None, command: list[str] | None = None, cwd: Path = ROOT):
         """`security`: how the harness itself connects (a TLS server needs its CA here); `command`: what starts
-        the server in place of `python -m server` (given the same arguments)."""
+        the server in place of `python -m server` (given the same arguments); `cwd`: where it runs (the default
+        repository, `model_repository`, is relative to it)."""
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_port = free_port() if with_metrics else None
@@ -47,8 +48,9 @@ class SpawnedServer:
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [*(command or [sys.executable, "-m", "server"]), "--port", str(self.port), *args],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.channel = connect(self.target, security=security)
+        self.call_metadata = security.metadata() if security else ()
         self.stub = classifier_pb2_grpc.ClassifierStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         if wait:
@@ -57,7 +59,8 @@ class SpawnedServer:
     def health_status(self, service: str = "") -> int | None:
         """The health status, or None while the port is not answering yet."""
         try:
-            return self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status
+            return self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=1,
+                                     metadata=self.call_metadata).status
         except grpc.RpcError:
             return None
 

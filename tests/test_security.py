@@ -108,3 +108,62 @@ def test_the_client_and_the_load_generator_speak_tls_and_the_token(server, pki):
     refused = subprocess.run([sys.executable, "-m", "server.client", "--target", server.target, *flags[:6], "models"],
                              capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+
+
+def http_status(url: str, token: str | None = None, context=None) -> int:
+    import urllib.error
+    import urllib.request
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10, context=context) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def kserve_ready(target: str, security: ClientSecurity | None, token: str | None = None) -> grpc.StatusCode:
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+    with connect(target, security=security) as channel:
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        try:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ServerReady(service_pb2.ServerReadyRequest(),
+                                                                           timeout=10, metadata=metadata)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            return error.code()
+
+
+def test_health_is_open_on_every_protocol_and_the_metrics_port_stays_on_loopback(server, pki):
+    """The default policy with TLS and a token: the probes of all three protocols answer without the token (so a
+    Kubernetes probe works whichever it uses), the explorer page too; models need it; metrics listen on loopback."""
+    import ssl
+    full = ClientSecurity(tls_ca=pki / "ca.pem", tls_cert=pki / "client.pem", tls_key=pki / "client.key")
+    assert kserve_ready(server.target, full) == grpc.StatusCode.OK
+    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    context.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
+    base = f"https://{server.http_target}"
+    assert http_status(f"{base}/v2/health/ready", context=context) == 200
+    assert http_status(f"{base}/", context=context) == 200
+    assert http_status(f"{base}/v2/models/lenet_bn", context=context) == 401
+    assert http_status(f"{base}/v2/models/lenet_bn", TOKEN, context=context) == 200
+
+
+def test_auth_open_none_closes_every_probe_and_page_on_every_protocol(shipped_repository, pki, tmp_path):
+    token_only = ClientSecurity(token_file=pki / "token")
+    process = SpawnedServer(shipped_repository, ["--models", "lenet_bn", "--auth-token-file", str(pki / "token"),
+                                                 "--auth-open", "none", "--host", "0.0.0.0"],
+                            with_http=True, with_metrics=True, security=token_only, log_path=tmp_path / "s.log")
+    try:
+        with connect(process.target) as channel:
+            with pytest.raises(grpc.RpcError) as error:
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert kserve_ready(process.target, None) == grpc.StatusCode.UNAUTHENTICATED
+        assert kserve_ready(process.target, None, TOKEN) == grpc.StatusCode.OK
+        for path in ("/v2/health/ready", "/v2/health/live", "/", "/examples/", "/explorer/main.js"):
+            assert http_status(f"http://{process.http_target}{path}") == 401, path
+            assert http_status(f"http://{process.http_target}{path}", TOKEN) == 200, path
+        assert f"metrics on http://127.0.0.1:{process.metrics_port}/metrics" in process.log()
+        assert "cnnserve_requests" in process.metrics()
+    finally:
+        assert process.stop() == 0, process.log()
