@@ -147,16 +147,16 @@ class KServeHttp:
     async def repository_index(self, request: Request) -> Response:
         return JSONResponse(repository_index(self.dataplane))
 
-    async def body(self, request: Request) -> bytes:
-        """The request body, refused once it passes the message limit (never read whole first)."""
-        chunks, size = [], 0
+    async def body(self, request: Request) -> bytearray:
+        """The request body, refused once it passes the message limit (never read whole first). One growing
+        buffer, not a list of chunks joined at the end, which would hold the body twice."""
+        body = bytearray()
         async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
+            if len(body) + len(chunk) > self.max_body_bytes:
                 raise ResourceExhausted(f"the request body is over the server's limit of "
                                         f"{self.max_body_bytes / 2**20:.0f} MiB (--max-message-mb)")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            body += chunk
+        return body
 
     async def infer(self, request: Request) -> Response:
         body = await self.body(request)
@@ -201,16 +201,17 @@ class KServeHttp:
                         headers={HEADER_LENGTH: str(len(text))})
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
-    """The JSON header and the binary part that follows it (binary-data extension)."""
+def split_body(body: bytearray, header_length: str | None) -> tuple[dict, memoryview]:
+    """The JSON header and the binary part that follows it (binary-data extension), the latter a view of
+    `body`, not a copy."""
     if header_length is None:
-        json_part, binary = body, b""
+        json_part, binary = body, memoryview(b"")
     else:
         length = parse_decimal(header_length)
         if length is None or length > len(body):
             raise InvalidArgument(f"{HEADER_LENGTH} must be the byte length of the JSON part, at most the body's "
                                   f"{len(body):,} bytes")
-        json_part, binary = body[:length], body[length:]
+        json_part, binary = bytes(memoryview(body)[:length]), memoryview(body)[length:]
     if len(json_part) > MAX_JSON_BYTES:
         raise ResourceExhausted(f"the JSON part is {len(json_part):,} bytes, over the limit of {MAX_JSON_BYTES:,}; "
                                 f"send tensors as binary data ({HEADER_LENGTH})")
@@ -236,7 +237,7 @@ def parameters_of(tensor: dict, where: str) -> dict:
     return parameters
 
 
-def input_tensor(tensor: dict, binary: bytes) -> np.ndarray:
+def input_tensor(tensor: dict, binary: memoryview) -> np.ndarray:
     shape, datatype = tensor.get("shape"), tensor.get("datatype")
     if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
         raise InvalidArgument(f"input {INPUT_NAME!r}: shape must be a list of integers")
@@ -253,7 +254,7 @@ def input_tensor(tensor: dict, binary: bytes) -> np.ndarray:
     return image_batch(str(tensor.get("name"))[:200], str(datatype), shape, None, values)
 
 
-def model_input(tensor: dict, binary: bytes, model) -> tuple[np.ndarray | None, list[EncodedImage]]:
+def model_input(tensor: dict, binary: memoryview, model) -> tuple[np.ndarray | None, list[EncodedImage]]:
     """The `image` pixels as sent, or the `image_encoded` PNG/JPEG files, which the data plane fits to the
     model's input as it does cnnserve.v1's encoded images, so a browser can send a file as it is (and ask
     for the `image` output to see what the model saw)."""
@@ -262,7 +263,7 @@ def model_input(tensor: dict, binary: bytes, model) -> tuple[np.ndarray | None, 
     return None, [EncodedImage(data) for data in encoded_files(tensor, binary, model.batcher.options.max_batch_size)]
 
 
-def encoded_files(tensor: dict, binary: bytes, max_files: int) -> list[bytes]:
+def encoded_files(tensor: dict, binary: memoryview, max_files: int) -> list[bytes]:
     """The elements of a BYTES tensor sent as binary data: each a 4-byte little-endian length, then the file."""
     shape, size = tensor.get("shape"), parameters_of(tensor, f"input {ENCODED_INPUT!r}").get("binary_data_size")
     if tensor.get("datatype") != "BYTES" or not isinstance(shape, list) or len(shape) != 1 or \
@@ -274,7 +275,7 @@ def encoded_files(tensor: dict, binary: bytes, max_files: int) -> list[bytes]:
     files, offset = [], 0
     while offset + 4 <= len(binary) and len(files) < shape[0]:
         (length,) = struct.unpack_from("<I", binary, offset)
-        files.append(binary[offset + 4: offset + 4 + length])
+        files.append(bytes(binary[offset + 4: offset + 4 + length]))
         offset += 4 + length
     if len(files) != shape[0] or offset != len(binary):
         raise InvalidArgument(f"input {ENCODED_INPUT!r}: the binary data does not hold {shape[0]} length-prefixed "
