@@ -1,6 +1,7 @@
 """Rebuild the default model repository: every architecture with shipped weights, as version 1.
 
     python -m export.defaults [--out model_repository]                  # from the shipped weights, minutes
+    python -m export.defaults --missing [--out model_repository]        # only what is not built yet
     python -m export.defaults --retrain [--archs lenet,lenet_bn] [--epochs N] [--seed N]
 
 By default each architecture in `models.list_models(trained=True)` is exported from its shipped
@@ -8,17 +9,21 @@ weights (models/weights/) with all its feature maps. With --retrain, each is fir
 scratch with the recipe its shipped weights record (on this machine's default device), and that
 checkpoint is exported; `python -m models.pretrained publish CHECKPOINT` then ships new weights.
 `<out>/<arch>` is replaced only once its new export has passed every check. The result is what
-`python -m server` serves with no arguments.
+`python -m server` serves with no arguments. With --missing, only the models that `<out>` lacks (or
+holds built from older shipped weights) are built: what `python -m server` runs on its first start
+for the models that ship as weights only (cnnserve/default_repository.py).
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import shutil
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from cnnserve.default_repository import LOCK_FILE, models_to_build
 from export.onnx import ExportError, export
 from models.data import load_fashion_mnist
 from models.pretrained import get_weights
@@ -56,11 +61,28 @@ def rebuild(out: Path, archs: list[str], *, retrain: bool = False, epochs: int |
         print(f"{arch}: rebuilt in {time.perf_counter() - started:.0f} s -> {out / arch}", flush=True)
 
 
+def build_missing(out: Path, archs: list[str], data_dir: str | None = None) -> None:
+    """Build the models `models_to_build` lists, one process at a time (a lock in `out`): a second server
+    started meanwhile waits, then finds them built."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        todo = models_to_build(out, archs)
+        for number, (arch, why) in enumerate(todo.items(), 1):
+            weights = get_weights(arch)
+            print(f"[{number}/{len(todo)}] {arch}: {why}; building {out / arch}/1 from models/weights/{weights.file} "
+                  f"({weights.dtype}, {weights.size_bytes / 1e6:.1f} MB): ONNX export, checks, parity with PyTorch…",
+                  flush=True)
+            rebuild(out, [arch], data_dir=data_dir)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m export.defaults", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("model_repository"))
     parser.add_argument("--archs", help="comma-separated (default: every architecture with shipped weights: "
                         f"{', '.join(list_models(trained=True))})")
+    parser.add_argument("--missing", action="store_true", help="build only the models --out lacks or holds built from "
+                        "older shipped weights (what `python -m server` does on first start)")
     parser.add_argument("--retrain", action="store_true", help="train from scratch first, with the recorded recipe")
     parser.add_argument("--epochs", type=int, help="with --retrain: override the recorded epochs")
     parser.add_argument("--seed", type=int, help="with --retrain: override the recorded seed")
@@ -71,7 +93,12 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [a for a in archs if a not in list_models(trained=True)]
     if unknown:
         parser.exit(2, f"error: no shipped weights for {', '.join(unknown)}; shipped: {', '.join(list_models(trained=True))}\n")
+    if args.missing and args.retrain:
+        parser.error("--missing builds from the shipped weights; it does not go with --retrain")
     try:
+        if args.missing:
+            build_missing(args.out, archs, args.data_dir)
+            return
         rebuild(args.out, archs, retrain=args.retrain, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
                 checkpoints=args.checkpoints)
     except ExportError as error:

@@ -1,6 +1,6 @@
 """Shipped trained weights: safetensors files under `models/weights/` and their registry.
 
-    python -m models.pretrained publish CHECKPOINT [--dtype float16] [--weights-dir models/weights]
+    python -m models.pretrained publish CHECKPOINT [--dtype float16|int8-per-channel] [--weights-dir models/weights]
     python -m models.pretrained list | reindex
 
 Like torchvision's `Weights` enums: each entry records what produced the weights (recipe and its
@@ -8,6 +8,13 @@ settings, epochs, device, training wall time), how good they are (test accuracy 
 training, and again after the round trip through the stored dtype), the parameter count and the
 file's sha256, which is checked on every load. `index.json` is derived from the files themselves
 (their safetensors metadata and hash), so it cannot disagree with them.
+
+Storage dtypes: `float16` (and `float32`, `bfloat16`) store every floating tensor in that dtype.
+`int8-per-channel` stores every weight of two or more dimensions (each Linear and Conv weight) as
+int8, symmetric, one float32 scale per output channel beside it (`<name>.scale`: max |w| / 127
+over the channel), and the other floating tensors (biases, BatchNorm) as float16: AlexNet's and
+VGG-11's 43M-parameter dense heads fit one file under 50 MB that way. Every dtype loads as float32;
+an int8 weight loads as `int8.float() * scale`, the exact values its ONNX export then holds.
 """
 from __future__ import annotations
 
@@ -26,7 +33,10 @@ from cnnserve.spec import sha256_file
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 INDEX_FILE = "index.json"
 WEIGHTS_NAME = "fashion-mnist"          # the one set of weights per architecture: create_model(arch, weights=...)
-STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+INT8_PER_CHANNEL = "int8-per-channel"
+STORAGE_DTYPES = (*FLOAT_DTYPES, INT8_PER_CHANNEL)
+SCALE_SUFFIX = ".scale"       # `<name>.scale` beside an int8 `<name>`
 
 
 class WeightsError(RuntimeError):
@@ -38,7 +48,7 @@ class Weights:
     arch: str
     file: str                 # relative to the weights directory
     sha256: str
-    dtype: str                # storage dtype of the floating-point tensors; loaded as float32
+    dtype: str                # one of STORAGE_DTYPES; loaded as float32
     recipe: str
     config: dict              # the full TrainConfig the checkpoint carried
     epochs: int
@@ -80,7 +90,51 @@ def load_state_dict(weights: Weights, weights_dir: Path = WEIGHTS_DIR) -> dict[s
     actual = sha256_file(path)
     if actual != weights.sha256:
         raise WeightsError(f"{path} has sha256 {actual[:12]}…, the registry records {weights.sha256[:12]}…")
-    return {name: t.float() if t.is_floating_point() else t for name, t in load_file(path).items()}
+    return from_storage(load_file(path), weights.dtype)
+
+
+def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one float32 scale per output channel (dim 0): q = round(w / s), s = max |w| / 127."""
+    w = weight.detach().float()
+    peak = w.abs().flatten(1).amax(dim=1)
+    scale = torch.where(peak > 0, peak / 127, torch.ones_like(peak))     # an all-zero channel stays zero
+    q = torch.round(w / per_channel(scale, w.dim())).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_per_channel(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * per_channel(scale, q.dim())
+
+
+def per_channel(scale: torch.Tensor, dims: int) -> torch.Tensor:
+    """`scale` shaped to broadcast over every dimension but the first (the output channels)."""
+    return scale.view(-1, *[1] * (dims - 1))
+
+
+def to_storage(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """The tensors to write for `dtype` (see the module's docstring); non-floating tensors as they are."""
+    rest = FLOAT_DTYPES.get(dtype, torch.float16)      # int8-per-channel: what is not int8 is float16
+    stored = {}
+    for name, t in state.items():
+        if dtype == INT8_PER_CHANNEL and t.is_floating_point() and t.dim() >= 2:
+            q, scale = quantize_per_channel(t)
+            stored[name], stored[name + SCALE_SUFFIX] = q.contiguous(), scale
+        else:
+            stored[name] = (t.to(rest) if t.is_floating_point() else t).contiguous()
+    return stored
+
+
+def from_storage(stored: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """The float32 state dict that `to_storage(state, dtype)` stands for."""
+    int8 = dtype == INT8_PER_CHANNEL
+    state = {}
+    for name, t in stored.items():
+        if int8 and name.endswith(SCALE_SUFFIX):
+            continue
+        scale = stored.get(name + SCALE_SUFFIX) if int8 else None
+        state[name] = (dequantize_per_channel(t, scale) if scale is not None
+                       else t.float() if t.is_floating_point() else t)
+    return state
 
 
 def publish(checkpoint_path: Path, dtype: str = "float16", weights_dir: Path = WEIGHTS_DIR,
@@ -91,14 +145,15 @@ def publish(checkpoint_path: Path, dtype: str = "float16", weights_dir: Path = W
     from models.recipes import TrainConfig
     from models.train import evaluate
 
+    if dtype not in STORAGE_DTYPES:
+        raise WeightsError(f"unknown storage dtype {dtype!r}; choose one of {', '.join(STORAGE_DTYPES)}")
     try:
         model, checkpoint = load_checkpoint(checkpoint_path)
     except CheckpointError as error:
         raise WeightsError(str(error)) from None
     config = checkpoint["config"]
-    state = {name: (t.to(STORAGE_DTYPES[dtype]) if t.is_floating_point() else t).contiguous()
-             for name, t in model.state_dict().items()}
-    model.load_state_dict({name: t.float() if t.is_floating_point() else t for name, t in state.items()})
+    stored = to_storage(model.state_dict(), dtype)
+    model.load_state_dict(from_storage(stored, dtype))
     data = load_fashion_mnist(data_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     test_acc_stored = evaluate(model.to(device), torch.from_numpy(data.test_images).to(device),
@@ -107,7 +162,7 @@ def publish(checkpoint_path: Path, dtype: str = "float16", weights_dir: Path = W
     metrics.update(epochs=len(checkpoint["metrics"]["history"]), test_acc_stored=test_acc_stored,
                    params=sum(p.numel() for p in model.parameters()))
     weights_dir.mkdir(parents=True, exist_ok=True)
-    save_file(state, weights_dir / f"{config['arch']}.safetensors",
+    save_file(stored, weights_dir / f"{config['arch']}.safetensors",
               metadata={"dtype": dtype, "config": json.dumps(config), "metrics": json.dumps(metrics)})
     return reindex(weights_dir)[config["arch"]]
 
@@ -154,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
             index = reindex(args.weights_dir) if args.command == "reindex" else read_index(args.weights_dir)
             for w in index.values():
                 print(f"{w.arch:10s} {w.test_acc_stored:.4f}  {w.recipe:10s} {w.epochs:2d} epochs  "
-                      f"{w.wall_seconds / 60:5.1f} min on {w.device:24s} {w.params:>11,} params  {w.dtype}  "
+                      f"{w.wall_seconds / 60:5.1f} min on {w.device:24s} {w.params:>11,} params  {w.dtype:16s}  "
                       f"{w.size_bytes / 1e6:5.1f} MB")
     except (WeightsError, OSError) as error:
         sys.exit(f"error: {error}")

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
+from cnnserve.default_repository import build_missing
 from server.app import ServerConfig, configure_logging, serve
 from server.repository import RepositoryError
 from server.runtime import GRAPH_OPTIMIZATION, ProviderUnavailable, RuntimeOptions
 from server.security import DEFAULT_OPEN, SecurityOptions
-from server.workers import run_workers
+from server.workers import available_cpus, run_workers
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
@@ -65,7 +67,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
                         "(default: %(default)s)")
     parser.add_argument("--strict", action="store_true", help="exit when any model fails to load (default: it "
                         "stays NOT_SERVING with its reason and the others serve)")
-    parser.add_argument("--workers", type=int, default=1, help="server processes sharing the port (SO_REUSEPORT)")
+    parser.add_argument("--workers", type=workers_count, default=1, help="server processes sharing the ports "
+                        "(SO_REUSEPORT), or auto: one per CPU this process may use (its cgroup quota, else affinity)")
+    defaults_from_environment(parser, os.environ)
     args = parser.parse_args(argv)
     runtime = RuntimeOptions(device=args.device, intra_op_threads=args.threads,
                              graph_optimization=args.graph_optimization, warmup_runs=args.warmup_runs)
@@ -85,9 +89,47 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
     return config, args.workers
 
 
+def workers_count(text: str) -> int:
+    if text == "auto":
+        return available_cpus()
+    count = int(text)
+    if count < 1:
+        raise ValueError(text)
+    return count
+
+
+def defaults_from_environment(parser: argparse.ArgumentParser, environ) -> None:
+    """Every flag may also come from the environment, as CNNSERVE_<FLAG> (`--http-port` from CNNSERVE_HTTP_PORT),
+    for container images and Kubernetes; a flag on the command line wins."""
+    for action in parser._actions:
+        flags = [o for o in action.option_strings if o.startswith("--")]
+        name = "CNNSERVE_" + flags[0][2:].upper().replace("-", "_") if flags else None
+        if name not in environ or action.dest == "help":
+            continue
+        text = environ[name]
+        try:
+            if isinstance(action, argparse._StoreTrueAction):
+                value = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[text.lower()]
+            else:
+                value = action.type(text) if action.type else text
+            if action.choices and value not in action.choices:
+                raise ValueError(text)
+        except (ValueError, KeyError):
+            parser.error(f"environment variable {name}={text[:50]!r} is not a valid value for {flags[0]}")
+        parser.set_defaults(**{action.dest: value})
+
+
+def build_default_models(config: ServerConfig) -> None:
+    """Serving the default repository (a checkout's): first build its models that ship as weights only and
+    are not built yet (a subprocess: this process never imports torch; cnnserve/default_repository.py)."""
+    if config.model_repository == ServerConfig.model_repository and config.model_repository.is_dir():
+        build_missing(config.model_repository, config.models)
+
+
 def main(argv: list[str] | None = None) -> None:
     configure_logging()
     config, workers = parse_args(argv)
+    build_default_models(config)
     try:
         if workers > 1:
             run_workers(config, workers)

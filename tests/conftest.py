@@ -65,13 +65,21 @@ def server(serving_repository, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def shipped_repository(tmp_path_factory) -> Path:
-    """A copy of the shipped default repository (each model's version 1, as git holds it), so no test
-    depends on what an earlier command wrote into `model_repository/`."""
+    """A copy of the default repository as `python -m server` serves it on a fresh clone: each model's
+    version 1 as git holds it, and the models that ship as weights only built from them as the first
+    start builds them (copied when this checkout has built them already), so no test depends on what
+    an earlier command wrote into `model_repository/`."""
     import shutil
+
+    from cnnserve.default_repository import LOCK_FILE
+    from export.defaults import build_missing
+    from models import list_models
     copy = tmp_path_factory.mktemp("shipped_repository")
     for model_dir in sorted((ROOT / "model_repository").iterdir()):
         if model_dir.is_dir() and (model_dir / "1").is_dir():
             shutil.copytree(model_dir / "1", copy / model_dir.name / "1")
             for name in ("config.pbtxt", "labels.txt"):
                 shutil.copy(model_dir / name, copy / model_dir.name / name)
+    build_missing(copy, list_models(trained=True))
+    (copy / LOCK_FILE).unlink()
     return copy
