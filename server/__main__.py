@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from cnnserve.default_repository import build_missing
 from server.app import ServerConfig, configure_logging, serve
+from server.cpu_limit import affinity_cpus, cpu_limit
 from server.repository import RepositoryError
 from server.runtime import GRAPH_OPTIMIZATION, ProviderUnavailable, RuntimeOptions
 from server.security import DEFAULT_OPEN, SecurityOptions
 from server.workers import available_cpus, run_workers
+
+log = logging.getLogger("server")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
@@ -126,9 +131,20 @@ def build_default_models(config: ServerConfig) -> None:
         build_missing(config.model_repository, config.models)
 
 
+def size_threads_to_cpu_limit(config: ServerConfig) -> ServerConfig:
+    """Without --threads, ONNX Runtime would size its pool to the node's cores; under a CPU quota (a container's
+    limit) that pool would be throttled, so it gets the quota's CPUs instead."""
+    limit = cpu_limit()
+    log.info("CPUs: %s", limit.description)
+    if config.runtime.intra_op_threads == 0 and limit.cpus < affinity_cpus():
+        return replace(config, runtime=replace(config.runtime, intra_op_threads=limit.cpus))
+    return config
+
+
 def main(argv: list[str] | None = None) -> None:
     configure_logging()
     config, workers = parse_args(argv)
+    config = size_threads_to_cpu_limit(config)
     build_default_models(config)
     try:
         if workers > 1:

@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from server.app import ServerConfig, configure_logging, serve
+from server.cpu_limit import cpu_limit
 from server.metrics import RESTARTS_FILE
 
 log = logging.getLogger("server")
@@ -46,8 +47,8 @@ def run_workers(config: ServerConfig, workers: int) -> None:
 
 
 def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask: a container's or taskset's limit, not the host's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The CPUs this process may use: its cgroup CPU quota (a container's limit), else its affinity mask."""
+    return cpu_limit().cpus
 
 
 def worker_configs(config: ServerConfig, workers: int, shared: Path, cpus: int,
