@@ -131,12 +131,13 @@ def build_default_models(config: ServerConfig) -> None:
         build_missing(config.model_repository, config.models)
 
 
-def size_threads_to_cpu_limit(config: ServerConfig) -> ServerConfig:
+def size_threads_to_cpu_limit(config: ServerConfig, workers: int) -> ServerConfig:
     """Without --threads, ONNX Runtime would size its pool to the node's cores; under a CPU quota (a container's
-    limit) that pool would be throttled, so it gets the quota's CPUs instead."""
+    limit) that pool would be throttled, so it gets the quota's CPUs instead. (With --workers, the workers
+    divide the same CPUs among themselves: server/workers.py.)"""
     limit = cpu_limit()
     log.info("CPUs: %s", limit.description)
-    if config.runtime.intra_op_threads == 0 and limit.cpus < affinity_cpus():
+    if workers == 1 and config.runtime.intra_op_threads == 0 and limit.cpus < affinity_cpus():
         return replace(config, runtime=replace(config.runtime, intra_op_threads=limit.cpus))
     return config
 
@@ -144,7 +145,7 @@ def size_threads_to_cpu_limit(config: ServerConfig) -> ServerConfig:
 def main(argv: list[str] | None = None) -> None:
     configure_logging()
     config, workers = parse_args(argv)
-    config = size_threads_to_cpu_limit(config)
+    config = size_threads_to_cpu_limit(config, workers)
     build_default_models(config)
     try:
         if workers > 1:

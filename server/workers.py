@@ -81,6 +81,7 @@ class Supervisor:
         self.restarts: dict[int, int] = {index: 0 for index in range(len(configs))}
         self.backoff = {index: RESTART_BACKOFF_S for index in range(len(configs))}
         self.stopping = False
+        self.startup_error: str | None = None
         self.began = time.monotonic()
 
     def start(self, index: int) -> None:
@@ -108,6 +109,8 @@ class Supervisor:
                     self.replace(index, process)
         for process in self.processes.values():
             process.join()
+        if self.startup_error:
+            raise SystemExit(self.startup_error)
         failed = [f"{p.name} ({describe_exit(p.exitcode)})" for p in self.processes.values()
                   if p.exitcode not in (0, -signal.SIGTERM)]
         if failed:
@@ -116,9 +119,10 @@ class Supervisor:
     def replace(self, index: int, process: multiprocessing.Process) -> None:
         lived = time.monotonic() - self.started_at[index]
         if time.monotonic() - self.began < STARTUP_S and process.exitcode > 0:
+            self.startup_error = f"{process.name} failed at start-up ({describe_exit(process.exitcode)}); " \
+                                 f"its log above says why"
             self.stop()
-            raise SystemExit(f"{process.name} failed at start-up ({describe_exit(process.exitcode)}); "
-                             f"its log above says why")
+            return
         self.backoff[index] = RESTART_BACKOFF_S if lived > HEALTHY_S else \
             min(self.backoff[index] * 2, MAX_RESTART_BACKOFF_S)
         self.restarts[index] += 1

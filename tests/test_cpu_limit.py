@@ -106,3 +106,19 @@ def test_defaults_read_this_machine(tmp_path):
     """The real /sys/fs/cgroup and affinity mask: an answer between 1 and the affinity mask, with its source."""
     cpus, description = cpu_limit()
     assert 1 <= cpus <= affinity_cpus() and description.startswith(f"{cpus} CPU")
+
+
+def test_the_server_sizes_onnx_runtime_threads_to_a_quota_below_its_cores(monkeypatch):
+    """One process under a 1-CPU quota on 2 cores gets 1 intra-op thread; --threads wins; with --workers the
+    workers divide the limit among themselves instead (server/workers.py), so the config is left alone."""
+    import server.__main__ as main
+    from server.cpu_limit import CpuLimit
+    monkeypatch.setattr(main, "cpu_limit", lambda: CpuLimit(1, "1 CPU (cgroup v2 cpu.max 100000/100000)"))
+    monkeypatch.setattr(main, "affinity_cpus", lambda: 2)
+    config, _ = main.parse_args([])
+    assert main.size_threads_to_cpu_limit(config, workers=1).runtime.intra_op_threads == 1
+    assert main.size_threads_to_cpu_limit(config, workers=2).runtime.intra_op_threads == 0
+    explicit, _ = main.parse_args(["--threads", "2"])
+    assert main.size_threads_to_cpu_limit(explicit, workers=1).runtime.intra_op_threads == 2
+    monkeypatch.setattr(main, "affinity_cpus", lambda: 1)
+    assert main.size_threads_to_cpu_limit(config, workers=1).runtime.intra_op_threads == 0

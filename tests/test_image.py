@@ -77,7 +77,9 @@ def test_the_container_classifies_on_every_protocol_and_exits_cleanly_on_sigterm
     grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
     name = f"cnnserve-test-{os.getpid()}"
     # Arguments after the image name go to the server (its environment gives the defaults).
-    started = run("podman", "run", "-d", "--name", name, "--network", "host", image, "--port", str(grpc_port),
+    # Read-only root filesystem with a writable /tmp, as deploy/deployment.yaml runs it.
+    started = run("podman", "run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
+                  image, "--port", str(grpc_port),
                   "--http-port", str(http_port), "--metrics-port", str(metrics_port), "--models", "lenet_bn,resnet18")
     assert started.returncode == 0, started.stderr
     try:
