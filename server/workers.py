@@ -69,9 +69,9 @@ class Supervisor:
     A worker that dies (killed, or crashed) is replaced under the same index, port and share of the
     cores, after a back-off that doubles while replacements keep dying young (RESTART_BACKOFF_S up to
     MAX_RESTART_BACKOFF_S); each replacement is a log line, and the count is the Prometheus series
-    `cnnserve_worker_restarts_total`, which every worker serves (server/metrics.py). A worker that fails
-    before any worker has served for STARTUP_S is a start-up error (a busy port, a bad flag): the parent
-    stops the others and exits with it, rather than retrying a mistake forever.
+    `cnnserve_worker_restarts_total`, which every worker serves (server/metrics.py). A worker that exits
+    with an error within STARTUP_S of the start is a start-up error (a busy port, an unreadable file): the
+    parent stops the others and exits with it, rather than retrying a mistake forever.
     """
 
     def __init__(self, configs: list[ServerConfig], shared: Path, busy: MutableSequence[int], context):
@@ -123,8 +123,8 @@ class Supervisor:
                                  f"its log above says why"
             self.stop()
             return
-        self.backoff[index] = RESTART_BACKOFF_S if lived > HEALTHY_S else \
-            min(self.backoff[index] * 2, MAX_RESTART_BACKOFF_S)
+        young = lived < HEALTHY_S and self.restarts[index] > 0      # its replacement died young too
+        self.backoff[index] = min(self.backoff[index] * 2, MAX_RESTART_BACKOFF_S) if young else RESTART_BACKOFF_S
         self.restarts[index] += 1
         self.publish_restarts()
         log.warning("%s (pid %d) %s after %.0f s; starting a replacement in %.1f s (restart %d of this worker)",
