@@ -83,12 +83,20 @@ class SpawnedServer:
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM, then wait; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout)
+            return terminate(self.process, timeout)
         finally:
-            if self.process.poll() is None:
-                self.process.kill()
             self.channel.close()
             self._log.close()
+
+
+def terminate(process: subprocess.Popen, timeout: float = 30) -> int:
+    """SIGTERM, wait up to `timeout` for the exit code; killed if it has not exited by then."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

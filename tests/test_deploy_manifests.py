@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -46,7 +45,7 @@ import tritonclient.http as thttp
 import yaml
 from PIL import Image
 
-from cnnserve.spawn import free_port
+from cnnserve.spawn import free_port, terminate
 from server.app import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -336,14 +335,7 @@ class Started:
         return f"http://127.0.0.1:{self.local_port(port)}{path}"
 
     def stop(self, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
+        return terminate(self.process, timeout)
 
 
 def start_container(container: dict, mounts: dict[str, Path], log_path: Path) -> Started:
