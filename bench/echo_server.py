@@ -12,8 +12,8 @@ from concurrent import futures
 import grpc
 from common import start_copies  # (also puts the project on sys.path)
 
+from client.channel import message_limits
 from server.app import ServerConfig
-from server.channel import message_limits
 
 METHOD = "/cnnserve.bench.Echo/Echo"
 

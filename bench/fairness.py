@@ -18,10 +18,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from cnnserve.spawn import ROOT, SpawnedServer
-from server.channel import connect
-from server.proto import classifier_pb2 as pb
-from server.proto import classifier_pb2_grpc
+from client.channel import connect
+from client.spawn import ROOT, SpawnedServer
+from cnnserve.proto import classifier_pb2 as pb
+from cnnserve.proto import classifier_pb2_grpc
 
 
 def request(model: str, n: int) -> pb.ClassifyRequest:

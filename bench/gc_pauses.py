@@ -21,7 +21,7 @@ from pathlib import Path
 import h2load
 from common import write_json
 
-from cnnserve.spawn import SpawnedServer
+from client.spawn import SpawnedServer
 
 
 def serve_timed(events_file: Path, freeze: bool, server_args: list[str]) -> None:

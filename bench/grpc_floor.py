@@ -16,8 +16,8 @@ import numpy as np
 import onnxruntime as ort
 from common import random_init_repository, write_json
 
+from client.channel import message_limits
 from server.app import ServerConfig
-from server.channel import message_limits
 
 
 def p50_ms(fn, n: int = 400) -> float:

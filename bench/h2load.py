@@ -70,7 +70,7 @@ def example_images(count: int) -> tuple[np.ndarray, list[int], list[bytes]]:
 
 def classify_request(model: str, count: int, encoding: str = "raw") -> tuple[bytes, list[int]]:
     """A serialized cnnserve.v1 ClassifyRequest of `count` images (raw uint8 tensors or PNG files), top-1."""
-    from server.proto import classifier_pb2 as pb
+    from cnnserve.proto import classifier_pb2 as pb
     pixels, classes, pngs = example_images(count)
     if encoding == "raw":
         images = [pb.Image(tensor=pb.Tensor(shape=[28, 28], dtype="uint8", data=p.tobytes())) for p in pixels]
@@ -129,7 +129,7 @@ def endpoint(label: str, api: str, target: str, model: str, images: int = 1, enc
 def answer_classes(api: str, answer: bytes) -> list[int]:
     """The top class of each image in a serialized answer."""
     if api == "cnnserve":
-        from server.proto import classifier_pb2 as pb
+        from cnnserve.proto import classifier_pb2 as pb
         return [r.predictions[0].class_index for r in pb.ClassifyResponse.FromString(answer).results]
     response = kpb.ModelInferResponse.FromString(answer)
     index = [o.name for o in response.outputs].index("logits")

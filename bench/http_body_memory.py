@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cnnserve.spawn import ROOT, SpawnedServer  # noqa: E402
+from client.spawn import ROOT, SpawnedServer  # noqa: E402
 
 
 def status_kb(pid: int, field: str) -> int:

@@ -49,7 +49,7 @@ ECHO_LEVELS = (1, 16, 64)
 SERVER_ROOT = server_root()
 sys.path.insert(0, str(SERVER_ROOT))
 
-from cnnserve.spawn import SpawnedServer, free_port  # noqa: E402
+from client.spawn import SpawnedServer, free_port  # noqa: E402
 
 
 @dataclass

@@ -12,8 +12,8 @@ import statistics
 
 from common import ROOT, write_json
 
-from cnnserve.spawn import SpawnedServer
-from server.loadtest import PROTOCOLS, Level, Workload, run_level
+from client.loadtest import PROTOCOLS, Level, Workload, run_level
+from client.spawn import SpawnedServer
 
 TARGET_KSERVE_GRPC = 1.2
 

@@ -16,9 +16,9 @@ import numpy as np
 import onnxruntime as ort
 from common import ROOT, random_init_repository, write_json
 
-from cnnserve.spawn import SpawnedServer
-from server.client import connect, raw_image
-from server.proto import classifier_pb2 as pb
+from client.cli import connect, raw_image
+from client.spawn import SpawnedServer
+from cnnserve.proto import classifier_pb2 as pb
 from server.runtime import ModelRuntime, RuntimeOptions
 
 TARGET_RATIO = 1.25

@@ -45,7 +45,7 @@ from common import RESULTS, ROOT, server_root, start_echo, write_json
 SERVER_ROOT = server_root()
 sys.path.insert(0, str(SERVER_ROOT))
 
-from cnnserve.spawn import SpawnedServer  # noqa: E402
+from client.spawn import SpawnedServer  # noqa: E402
 from server.runtime import ModelRuntime, RuntimeOptions  # noqa: E402
 
 LENET, RESNET = "lenet_bn", "resnet18"

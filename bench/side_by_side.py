@@ -22,7 +22,7 @@ from pathlib import Path
 import h2load
 from common import write_json
 
-from cnnserve.spawn import SpawnedServer
+from client.spawn import SpawnedServer
 
 
 def main() -> None:

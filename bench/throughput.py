@@ -13,8 +13,8 @@ import numpy as np
 import onnxruntime as ort
 from common import median_ms, random_init_repository, write_json
 
-from cnnserve.spawn import SpawnedServer
-from server.loadtest import Level, Workload, run_level
+from client.loadtest import Level, Workload, run_level
+from client.spawn import SpawnedServer
 from server.metrics import sample_value
 from server.runtime import ModelRuntime, RuntimeOptions
 

@@ -12,8 +12,8 @@ import sys
 
 COMMANDS = {   # subcommand: (module whose main() runs it, what it does)
     "serve": ("server.__main__", "serve a model repository over gRPC (python -m server)"),
-    "client": ("server.client", "classify images, list models, check health (python -m server.client)"),
-    "loadtest": ("server.loadtest", "load-test a server (python -m server.loadtest)"),
+    "client": ("client.cli", "classify images, list models, check health (python -m server.client)"),
+    "loadtest": ("client.loadtest", "load-test a server (python -m server.loadtest)"),
     "train": ("models.train", "train a model on Fashion-MNIST (python -m models.train)"),
     "export": ("export.onnx", "export a model to ONNX into a repository (python -m export.onnx)"),
     "evaluate": ("export.evaluate", "test accuracy of an exported model (python -m export.evaluate)"),

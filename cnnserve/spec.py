@@ -16,6 +16,13 @@ INPUT_NAME, LOGITS = "image", "logits"
 MODEL_FILE, METADATA_FILE, CONFIG_FILE, LABELS_FILE = "model.onnx", "metadata.json", "config.pbtxt", "labels.txt"
 DEFAULT_MAX_BATCH_SIZE = 64             # config.pbtxt's max_batch_size, and the server's per-request limit
 DEFAULT_MAX_QUEUE_DELAY_US = 2000       # config.pbtxt's dynamic_batching delay
+DEFAULT_MAX_MESSAGE_MB = 64             # gRPC message limit, both ways, on servers and clients alike
+
+
+def message_limits(max_message_mb: int = DEFAULT_MAX_MESSAGE_MB) -> list[tuple[str, int]]:
+    """gRPC options that set the message size limit both ways; servers and clients use the same."""
+    limit = max_message_mb * 2**20
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from server.channel import DEFAULT_MAX_MESSAGE_MB, message_limits
+from cnnserve.proto import classifier_pb2
+from cnnserve.spec import DEFAULT_MAX_MESSAGE_MB, message_limits
 from server.core_share import CoreShare
 from server.dataplane import DataPlane
 from server.health import NOT_SERVING, SERVING, HealthServicer
@@ -34,7 +35,6 @@ from server.kserve import SERVICE_DESCRIPTOR as KSERVE_DESCRIPTOR
 from server.kserve import KServeGrpcService
 from server.metrics import Metrics
 from server.model_store import ModelStore
-from server.proto import classifier_pb2
 from server.reflection import enable as enable_reflection
 from server.runtime import RuntimeOptions, preload_cuda_libraries, providers_for
 from server.security import SecurityOptions, TokenInterceptor, server_credentials

@@ -16,7 +16,9 @@ from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha import reflection_pb2 as rpb
 
-DOCUMENTED_PROTOS = Path(__file__).parent / "proto" / "classifier.binpb"
+import cnnserve.proto
+
+DOCUMENTED_PROTOS = Path(cnnserve.proto.__file__).parent / "classifier.binpb"
 V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
 SERVICE_NAMES = (V1_SERVICE_NAME, reflection.SERVICE_NAME)
 

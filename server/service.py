@@ -17,12 +17,12 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
+from cnnserve.proto import classifier_pb2 as pb
+from cnnserve.proto import classifier_pb2_grpc
 from cnnserve.spec import LOGITS
 from server.dataplane import DataPlane, EncodedImage, InferRequest, PixelImage
 from server.errors import InvalidArgument, ServiceError, quote
 from server.model_store import ServedModel
-from server.proto import classifier_pb2 as pb
-from server.proto import classifier_pb2_grpc
 
 log = logging.getLogger(__name__)
 ENCODINGS = {pb.FEATURE_ENCODING_FLOAT32: np.dtype("<f4"), pb.FEATURE_ENCODING_FLOAT16: np.dtype("<f2")}

@@ -56,7 +56,7 @@ def serving_repository(tmp_path_factory, trained_repository, data_dir) -> Path:
 @pytest.fixture(scope="module")
 def server(serving_repository, tmp_path_factory):
     """One real server for a test module, with a 4 MiB message limit so size errors are cheap to provoke."""
-    from cnnserve.spawn import SpawnedServer
+    from client.spawn import SpawnedServer
     process = SpawnedServer(serving_repository, ["--max-message-mb", "4"],
                             log_path=tmp_path_factory.mktemp("logs") / "server.log", with_metrics=True)
     yield process

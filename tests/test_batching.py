@@ -7,11 +7,11 @@ import grpc
 import numpy as np
 import pytest
 
-from cnnserve.spawn import SpawnedServer
-from server.client import raw_image
+from client.cli import raw_image
+from client.spawn import SpawnedServer
+from cnnserve.proto import classifier_pb2 as pb
+from cnnserve.proto import classifier_pb2_grpc as pb_grpc
 from server.metrics import sample_value
-from server.proto import classifier_pb2 as pb
-from server.proto import classifier_pb2_grpc as pb_grpc
 
 # Real servers under load; the batcher alone is tested fast in test_batcher_unit.py.
 pytestmark = pytest.mark.slow
@@ -118,7 +118,7 @@ def test_cancelled_request_is_dropped_before_compute(slow_server):
 def test_callers_on_their_own_connections_form_batches_on_a_model_that_runs_on_the_loop(server):
     """lenet_bn runs on the event loop itself (a run is tens of microseconds). gRPC hands the loop one new call at
     a time, so before the batcher waited for recently active callers every run had one image at any load."""
-    from server.channel import connect
+    from client.channel import connect
     callers, seconds = 12, 2.0
     channels = [connect(server.target, own_connection=True) for _ in range(callers)]
     stubs = [pb_grpc.ClassifierStub(channel) for channel in channels]

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cnnserve.spawn import ROOT
+from client.spawn import ROOT
 from server.errors import InvalidArgument
 from server.images import MAX_IMAGE_SIDE, DecodeBudget, decode_encoded
 

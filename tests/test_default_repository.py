@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from client.cli import encoded_image
+from client.spawn import ROOT, SpawnedServer
 from cnnserve.default_repository import WEIGHTS_INDEX, models_to_build, shipped_weights
-from cnnserve.spawn import ROOT, SpawnedServer
+from cnnserve.proto import classifier_pb2 as pb
 from export.defaults import build_missing
 from models import list_models
 from models.data import CLASSES
 from models.pretrained import INDEX_FILE, WEIGHTS_DIR, get_weights
-from server.client import encoded_image
-from server.proto import classifier_pb2 as pb
 from server.repository import load_version
 
 SHIPPED = list_models(trained=True)

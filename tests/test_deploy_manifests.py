@@ -15,7 +15,7 @@
   (flag names, host, paths other than the mounted repository) is used as written.
 
 KServe's SDK (`kserve`) cannot share this project's environment: it needs protobuf < 7, and the pinned
-grpcio-tools 1.85.1 that generated server/proto needs protobuf >= 7.35. So it runs in a venv of its own,
+grpcio-tools 1.85.1 that generated cnnserve/proto needs protobuf >= 7.35. So it runs in a venv of its own,
 made once (about a minute and 450 MB) and reused: $CNNSERVE_KSERVE_PYTHON if set, else
 ~/.cache/cnnserve/kserve-sdk-<version>/ (cache that directory in CI).
 """
@@ -45,7 +45,7 @@ import tritonclient.http as thttp
 import yaml
 from PIL import Image
 
-from cnnserve.spawn import free_port, terminate
+from client.spawn import free_port, terminate
 from server.app import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent

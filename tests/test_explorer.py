@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnserve.spawn import SpawnedServer
+from client.spawn import SpawnedServer
 from server.images import decode_encoded
 
 ROOT = Path(__file__).resolve().parent.parent

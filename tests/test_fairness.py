@@ -12,8 +12,8 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2 as rpb
 from grpc_reflection.v1alpha import reflection_pb2_grpc
 
-from cnnserve.spawn import ROOT, SpawnedServer
-from server.proto import classifier_pb2 as pb
+from client.spawn import ROOT, SpawnedServer
+from cnnserve.proto import classifier_pb2 as pb
 
 IDLE_STREAMS = 200      # of each kind: reflection and health Watch (the old server had 64 threads in all)
 

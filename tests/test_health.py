@@ -7,7 +7,7 @@ import pytest
 from grpc_health.v1 import health_pb2 as hpb
 from grpc_health.v1 import health_pb2_grpc
 
-from cnnserve.spawn import SpawnedServer
+from client.spawn import SpawnedServer
 
 
 @pytest.fixture(scope="module")

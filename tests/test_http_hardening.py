@@ -12,7 +12,7 @@ import pytest
 import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
-from cnnserve.spawn import SpawnedServer
+from client.spawn import SpawnedServer
 from server.http_guard import MAX_HEADER_BYTES
 
 HEADER_TIMEOUT_S = 1.0

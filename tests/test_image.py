@@ -15,9 +15,9 @@ import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from PIL import Image
 
-from cnnserve.spawn import ROOT, free_port
-from server.proto import classifier_pb2 as pb
-from server.proto import classifier_pb2_grpc
+from client.spawn import ROOT, free_port
+from cnnserve.proto import classifier_pb2 as pb
+from cnnserve.proto import classifier_pb2_grpc
 
 pytestmark = pytest.mark.slow
 BASE_SCRIPT = ROOT.parent / "shared" / "containers" / "make-base-image.sh"

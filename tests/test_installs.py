@@ -9,7 +9,7 @@ import venv
 
 import pytest
 
-from cnnserve.spawn import ROOT, SpawnedServer
+from client.spawn import ROOT, SpawnedServer
 
 pytestmark = pytest.mark.slow
 TORCH = "torch==2.13.0"        # the CPU wheel on this machine's disk (an unpinned torch is a CUDA build)

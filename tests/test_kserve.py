@@ -6,11 +6,11 @@ import pytest
 import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
-from cnnserve.spawn import SpawnedServer
+from client.cli import raw_image
+from client.spawn import SpawnedServer
+from cnnserve.proto import classifier_pb2 as pb
 from cnnserve.spec import CLASSES
 from models import list_models
-from server.client import raw_image
-from server.proto import classifier_pb2 as pb
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,7 @@ def test_errors_map_to_the_same_status_in_every_protocol(http_server, case, grpc
 @pytest.mark.parametrize("protocol", ["cnnserve", "kserve-grpc", "kserve-http"])
 @pytest.mark.slow
 def test_the_load_generator_speaks_every_protocol(http_server, protocol):
-    from server.loadtest import Level, Workload, run_level
+    from client.loadtest import Level, Workload, run_level
     target = http_server.http_target if protocol == "kserve-http" else http_server.target
     row = run_level(Workload(target, "lenet_bn", batch=2, features=("conv1",), warmup_s=0.3, duration_s=1,
                              processes=1, protocol=protocol), Level(concurrency=2), live=False)

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from cnnserve.spawn import ROOT, SpawnedServer
-from server.loadtest import Level, Workload, run_level
+from client.loadtest import Level, Workload, run_level
+from client.spawn import ROOT, SpawnedServer
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnserve.spawn import ROOT, SpawnedServer, free_port
+from client.spawn import ROOT, SpawnedServer, free_port
 
 BIN = Path(sys.executable).parent
 

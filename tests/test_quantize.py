@@ -9,11 +9,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from cnnserve.spawn import ROOT, SpawnedServer
+from client.cli import encoded_image, feature_array, raw_image
+from client.spawn import ROOT, SpawnedServer
+from cnnserve.proto import classifier_pb2 as pb
 from export.onnx import export, main
 from export.quantize import CALIBRATION_IMAGES, QUANTIZED_OPS, float_concats
-from server.client import encoded_image, feature_array, raw_image
-from server.proto import classifier_pb2 as pb
 
 
 @pytest.fixture(scope="module")

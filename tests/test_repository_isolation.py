@@ -9,9 +9,9 @@ import grpc
 import numpy as np
 import pytest
 
-from cnnserve.spawn import ROOT, SpawnedServer
-from server.client import raw_image
-from server.proto import classifier_pb2 as pb
+from client.cli import raw_image
+from client.spawn import ROOT, SpawnedServer
+from cnnserve.proto import classifier_pb2 as pb
 
 BREAKAGES = {   # model name: (what to change, the reason's expected words)
     "no_trained": (lambda m, c: m.pop("trained"), "no_trained/1/metadata.json: trained is missing"),

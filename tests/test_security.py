@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cnnserve.spawn import ROOT, SpawnedServer
-from server.channel import ClientSecurity, connect
-from server.client import raw_image
-from server.proto import classifier_pb2 as pb
-from server.proto import classifier_pb2_grpc
+from client.channel import ClientSecurity, connect
+from client.cli import raw_image
+from client.spawn import ROOT, SpawnedServer
+from cnnserve.proto import classifier_pb2 as pb
+from cnnserve.proto import classifier_pb2_grpc
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 

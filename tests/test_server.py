@@ -17,15 +17,15 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from PIL import Image
 
-from cnnserve.spawn import ROOT, SpawnedServer
+from client.channel import connect
+from client.cli import feature_array, raw_image
+from client.spawn import ROOT, SpawnedServer
+from cnnserve.proto import classifier_pb2 as pb
+from cnnserve.proto import classifier_pb2_grpc as pb_grpc
 from models.data import CLASSES
 from server.app import ServerConfig
-from server.channel import connect
-from server.client import feature_array, raw_image
 from server.core_share import CoreShare
 from server.metrics import PUBLISH_S, sample_value
-from server.proto import classifier_pb2 as pb
-from server.proto import classifier_pb2_grpc as pb_grpc
 from server.runtime import ModelRuntime, RuntimeOptions
 from server.workers import available_cpus, worker_configs
 

@@ -10,9 +10,9 @@ import grpc
 import numpy as np
 import tritonclient.http as thttp
 
-from cnnserve.spawn import SpawnedServer
-from server.client import raw_image
-from server.proto import classifier_pb2 as pb
+from client.cli import raw_image
+from client.spawn import SpawnedServer
+from cnnserve.proto import classifier_pb2 as pb
 
 
 def worker_pids(parent: int) -> list[int]:

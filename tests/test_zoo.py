@@ -16,7 +16,9 @@ import torch
 from onnx import numpy_helper
 from safetensors.torch import load_file
 
-from cnnserve.spawn import ROOT, SpawnedServer
+from client.cli import raw_image
+from client.spawn import ROOT, SpawnedServer
+from cnnserve.proto import classifier_pb2 as pb
 from cnnserve.spec import sha256_file
 from export.onnx import export
 from models import create_model, list_models
@@ -33,8 +35,6 @@ from models.pretrained import (
 )
 from models.recipes import BOOK_PRINTED, TrainConfig
 from models.train import evaluate
-from server.client import raw_image
-from server.proto import classifier_pb2 as pb
 from server.repository import load_version
 
 SHIPPED = list_models(trained=True)

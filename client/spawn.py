@@ -17,8 +17,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.channel import ClientSecurity, connect
-from server.proto import classifier_pb2_grpc
+from client.channel import ClientSecurity, connect
+from cnnserve.proto import classifier_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from server.proto import classifier_pb2 as server_dot_proto_dot_classifier__pb2
+from cnnserve.proto import classifier_pb2 as cnnserve_dot_proto_dot_classifier__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in server/proto/classifier_pb2_grpc.py depends on'
+        + ' but the generated code in cnnserve/proto/classifier_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,18 +36,18 @@ class ClassifierStub:
         """
         self.Classify = channel.unary_unary(
                 '/cnnserve.v1.Classifier/Classify',
-                request_serializer=server_dot_proto_dot_classifier__pb2.ClassifyRequest.SerializeToString,
-                response_deserializer=server_dot_proto_dot_classifier__pb2.ClassifyResponse.FromString,
+                request_serializer=cnnserve_dot_proto_dot_classifier__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=cnnserve_dot_proto_dot_classifier__pb2.ClassifyResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/cnnserve.v1.Classifier/ListModels',
-                request_serializer=server_dot_proto_dot_classifier__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=server_dot_proto_dot_classifier__pb2.ListModelsResponse.FromString,
+                request_serializer=cnnserve_dot_proto_dot_classifier__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=cnnserve_dot_proto_dot_classifier__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
         self.GetModel = channel.unary_unary(
                 '/cnnserve.v1.Classifier/GetModel',
-                request_serializer=server_dot_proto_dot_classifier__pb2.GetModelRequest.SerializeToString,
-                response_deserializer=server_dot_proto_dot_classifier__pb2.ModelInfo.FromString,
+                request_serializer=cnnserve_dot_proto_dot_classifier__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=cnnserve_dot_proto_dot_classifier__pb2.ModelInfo.FromString,
                 _registered_method=True)
 
 
@@ -80,18 +80,18 @@ def add_ClassifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Classify': grpc.unary_unary_rpc_method_handler(
                     servicer.Classify,
-                    request_deserializer=server_dot_proto_dot_classifier__pb2.ClassifyRequest.FromString,
-                    response_serializer=server_dot_proto_dot_classifier__pb2.ClassifyResponse.SerializeToString,
+                    request_deserializer=cnnserve_dot_proto_dot_classifier__pb2.ClassifyRequest.FromString,
+                    response_serializer=cnnserve_dot_proto_dot_classifier__pb2.ClassifyResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=server_dot_proto_dot_classifier__pb2.ListModelsRequest.FromString,
-                    response_serializer=server_dot_proto_dot_classifier__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=cnnserve_dot_proto_dot_classifier__pb2.ListModelsRequest.FromString,
+                    response_serializer=cnnserve_dot_proto_dot_classifier__pb2.ListModelsResponse.SerializeToString,
             ),
             'GetModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModel,
-                    request_deserializer=server_dot_proto_dot_classifier__pb2.GetModelRequest.FromString,
-                    response_serializer=server_dot_proto_dot_classifier__pb2.ModelInfo.SerializeToString,
+                    request_deserializer=cnnserve_dot_proto_dot_classifier__pb2.GetModelRequest.FromString,
+                    response_serializer=cnnserve_dot_proto_dot_classifier__pb2.ModelInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -119,8 +119,8 @@ class Classifier:
             request,
             target,
             '/cnnserve.v1.Classifier/Classify',
-            server_dot_proto_dot_classifier__pb2.ClassifyRequest.SerializeToString,
-            server_dot_proto_dot_classifier__pb2.ClassifyResponse.FromString,
+            cnnserve_dot_proto_dot_classifier__pb2.ClassifyRequest.SerializeToString,
+            cnnserve_dot_proto_dot_classifier__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -146,8 +146,8 @@ class Classifier:
             request,
             target,
             '/cnnserve.v1.Classifier/ListModels',
-            server_dot_proto_dot_classifier__pb2.ListModelsRequest.SerializeToString,
-            server_dot_proto_dot_classifier__pb2.ListModelsResponse.FromString,
+            cnnserve_dot_proto_dot_classifier__pb2.ListModelsRequest.SerializeToString,
+            cnnserve_dot_proto_dot_classifier__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -173,8 +173,8 @@ class Classifier:
             request,
             target,
             '/cnnserve.v1.Classifier/GetModel',
-            server_dot_proto_dot_classifier__pb2.GetModelRequest.SerializeToString,
-            server_dot_proto_dot_classifier__pb2.ModelInfo.FromString,
+            cnnserve_dot_proto_dot_classifier__pb2.GetModelRequest.SerializeToString,
+            cnnserve_dot_proto_dot_classifier__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,

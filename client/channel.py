@@ -1,6 +1,5 @@
-"""What a server and its clients must agree on for a connection, with nothing heavy imported: the
-message limits, and TLS / bearer-token settings. The client and the load generator use this, not
-the server's runtime (ONNX Runtime, Pillow)."""
+"""How a client reaches a server: TLS / bearer-token settings and their command-line flags, and the
+message limits both sides agree on (`cnnserve.spec`). Nothing heavy is imported."""
 from __future__ import annotations
 
 import argparse
@@ -10,13 +9,7 @@ from pathlib import Path
 
 import grpc
 
-DEFAULT_MAX_MESSAGE_MB = 64
-
-
-def message_limits(max_message_mb: int = DEFAULT_MAX_MESSAGE_MB) -> list[tuple[str, int]]:
-    """gRPC options that set the message size limit both ways; servers and clients use the same."""
-    limit = max_message_mb * 2**20
-    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+from cnnserve.spec import DEFAULT_MAX_MESSAGE_MB, message_limits  # noqa: F401  (the clients' flags use both)
 
 
 @dataclass(frozen=True)
