@@ -4,7 +4,7 @@
 
 `callers` flood connections each send `images`-image requests back to back for `seconds`; one
 more connection sends 1-image requests one after another. Printed: the polite caller's p50/p99
-unloaded and under the flood, their ratio (the hardening issue's target: p99 within 3x), and
+unloaded and under the flood, their ratio (target: p99 under the flood within 3x of unloaded), and
 what the flood got (answers, RESOURCE_EXHAUSTED). The test suite runs a small version of this.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What any Python gRPC server pays around a 5 ms computation on this machine (benchmark 2's floor).
+"""What any Python gRPC server pays around a 5 ms computation on this machine (the floor under bench/server_overhead.py).
 
     python bench/grpc_floor.py [--model resnet18]
 

@@ -409,7 +409,7 @@ def frame_key(frame: str) -> str:
     if not match:
         return frame
     path = match[2]
-    for marker in ("site-packages/", "/work/before/", "/work/main/", "lib/python3"):
+    for marker in ("site-packages/", f"{ROOT}/", "lib/python3"):
         if marker in path:
             path = path.split(marker, 1)[1]
     return f"{match[1]} ({path})"

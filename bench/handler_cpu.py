@@ -1,6 +1,6 @@
-"""Benchmark 8: cnnserve's own Python per request, without gRPC and without a load generator.
+"""The cnnserve.v1 and KServe handlers' CPU per request, without gRPC and without a load generator.
 
-    python bench/handler_cpu.py [--baseline-root /other/checkout] [--rounds 3] [--seconds 4]
+    python bench/handler_cpu.py [--baseline-root DIR] [--rounds 3] [--seconds 4]
 
 The cnnserve.v1 `Classify` and KServe `ModelInfer` handlers are called directly on one event loop
 by 16 closed-loop callers (their own caller identities, so the batcher forms runs of 16) with

@@ -1,4 +1,4 @@
-"""Benchmark 1: ONNX Runtime (CPU provider) against eager PyTorch, every architecture, batch 1 and 64.
+"""ONNX Runtime (CPU provider) against eager PyTorch, every architecture, batch 1 and 64.
 
     python bench/ort_vs_eager.py [--archs all] [--batches 1,64]
 

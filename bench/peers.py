@@ -1,7 +1,7 @@
 """Peers: the same model files served by cnnserve, MLServer and Triton's Python backend, side by side.
 
-    python bench/peers.py --peers-venv /work/peers-venv [--runs 3] [--duration 10] [--label main]
-    python bench/peers.py --peers-venv /work/peers-venv --server-root /work/before --label before
+    python bench/peers.py --peers-venv DIR [--runs 3] [--duration 10] [--label main]
+    python bench/peers.py --peers-venv DIR --server-root OTHER_CHECKOUT --label before
     python bench/peers.py --cnnserve-workers 1,2 ...      # cnnserve once per setting, side by side
 
 Run on demand, not in CI: MLServer and Triton live in their own virtual environment (install:
@@ -199,8 +199,9 @@ def summary_table(results: dict, labels: list[str]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--peers-venv", type=Path, default=Path("/work/peers-venv"),
-                        help="the virtual environment with mlserver and nvidia-pytriton (bench/peers/README.md)")
+    parser.add_argument("--peers-venv", type=Path, default=RESULTS / "venv-peers",
+                        help="the virtual environment with mlserver and nvidia-pytriton "
+                             "(default: bench/results/venv-peers; install: bench/peers/README.md)")
     parser.add_argument("--server-root", type=Path, default=ROOT, help="the checkout whose cnnserve server runs")
     parser.add_argument("--servers", default=",".join(SERVERS), help="which of cnnserve,mlserver,triton")
     parser.add_argument("--cnnserve-workers", default="1",

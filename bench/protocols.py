@@ -1,4 +1,4 @@
-"""Benchmark 4: the same load through each protocol, side by side, with the ratio to cnnserve.v1.
+"""The same load through cnnserve.v1, KServe v2 gRPC and KServe v2 HTTP on one server: cost per request against cnnserve.v1.
 
     python bench/protocols.py [--model lenet_bn] [--concurrency 1,16] [--batch 1] [--rounds 3] [--seconds 3]
 

@@ -1,4 +1,4 @@
-"""Benchmark 2: what the server adds to a batch-1 Classify (no feature maps).
+"""What the server adds to a batch-1 Classify (no feature maps), against in-process ONNX Runtime and a bare gRPC echo.
 
     python bench/server_overhead.py [--models lenet,resnet18] [--rounds 6]
 

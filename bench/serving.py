@@ -1,7 +1,7 @@
-"""Benchmark 5: the serving targets of issue #15, measured side by side with h2load, each printed as a ratio.
+"""The serving targets (listed below) under h2load: cnnserve against bare gRPC echoes and in-process ONNX Runtime.
 
     python bench/serving.py [--runs 3] [--duration 10] [--label main]
-    python bench/serving.py --server-root /work/before --label before     # another checkout's server
+    python bench/serving.py --server-root DIR --label before     # DIR: another checkout, whose server runs
     python bench/serving.py --workers 2 --label workers2     # cnnserve --workers 2 against 2-process echoes
 
 One run starts a cnnserve server (the shipped `lenet_bn` and `resnet18`), a bare grpcio echo

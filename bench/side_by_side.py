@@ -2,7 +2,7 @@
 
     python bench/side_by_side.py --a "--workers 2 --threads 2" --b "--workers 2" \
         --model resnet18 --concurrency 32 [--rounds 4] [--duration 8]
-    python bench/side_by_side.py --a-root /work/before --concurrency 16 --streams 16   # a checkout against this one
+    python bench/side_by_side.py --a-root DIR --concurrency 16 --streams 16   # DIR: another checkout, against this one
 
 For a question about one server flag (is `--workers 2` better with ONNX Runtime's two threads per
 worker, or with the cores split between the workers?) or one change (`--a-root`: side A runs that

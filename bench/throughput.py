@@ -1,4 +1,4 @@
-"""Benchmark 3: throughput through the server with dynamic batching against in-process ONNX Runtime.
+"""Closed-loop throughput through the server (dynamic batching) against in-process ONNX Runtime at the batch it formed.
 
     python bench/throughput.py [--models resnet18,lenet] [--concurrency 1,8,32,64] [--duration 5]
 

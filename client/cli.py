@@ -1,25 +1,31 @@
 """Command-line client for a cnnserve server.
 
-    python -m server.client classify --model lenet_bn examples/*.png [--top-k 3] [--version N] [--json]
+    cnnserve client classify --model lenet_bn examples/*.png [--top-k 3] [--version N] [--json]
         [--features all] [--save-features DIR (PNG grids)] [--save-raw DIR (.npy arrays)]
-    python -m server.client models
-    python -m server.client health
+    cnnserve client models
+    cnnserve client health
+
+`python -m client.cli` and `python -m server.client` run the same.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
-import grpc
-import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from cnnserve.entry import DefaultsHelpFormatter, exit_if_missing, program_name, quiet_when_stdout_closes
 
-from client.channel import DEFAULT_MAX_MESSAGE_MB, add_security_flags, connect, security_from
-from cnnserve.proto import classifier_pb2 as pb
-from cnnserve.proto import classifier_pb2_grpc
+with exit_if_missing("client"):
+    import grpc
+    import numpy as np
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from client.channel import DEFAULT_MAX_MESSAGE_MB, add_security_flags, connect, security_from
+    from cnnserve.proto import classifier_pb2 as pb
+    from cnnserve.proto import classifier_pb2_grpc
 
 __all__ = ["connect", "encoded_image", "raw_image", "feature_array", "main"]
 
@@ -160,36 +166,59 @@ def health(args) -> int:
     return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.client", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=program_name(), description=__doc__.splitlines()[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--target", default="127.0.0.1:50051", help="host:port of the server")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
-    parser.add_argument("--max-message-mb", type=int, default=DEFAULT_MAX_MESSAGE_MB)
+    parser.add_argument("--max-message-mb", type=int, default=DEFAULT_MAX_MESSAGE_MB,
+                        help="gRPC message size limit, both ways (feature maps of many images are large)")
     add_security_flags(parser)
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("classify", help="classify image files (PNG/JPEG)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--version", type=int, default=0, help="model version (default 0: the one the server loaded)")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--top-k", type=int, default=3)
+    p = commands.add_parser("classify", help="classify image files (PNG/JPEG)", formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="a model the server serves (see `models`)")
+    p.add_argument("--version", type=int, default=0, help="model version; 0: the one the server loaded")
+    p.add_argument("images", nargs="+", help="PNG or JPEG files, each classified as one Fashion-MNIST image")
+    p.add_argument("--top-k", type=int, default=3, help="predictions per image")
     p.add_argument("--features", help="feature maps to fetch: name,name or all")
     p.add_argument("--float16", action="store_true", help="fetch feature maps as float16 (half the bytes)")
     p.add_argument("--save-features", metavar="DIR", help="write a PNG grid per feature map here")
     p.add_argument("--save-raw", metavar="DIR", help="write each feature map as a .npy array here")
     p.add_argument("--json", action="store_true", help="print the answer as JSON instead of a table")
     p.set_defaults(run=classify)
-    commands.add_parser("models", help="list the loaded models").set_defaults(run=models)
-    p = commands.add_parser("health", help="health status of the server or one model")
+    commands.add_parser("models", help="list the loaded models", formatter_class=DefaultsHelpFormatter).set_defaults(run=models)
+    p = commands.add_parser("health", help="health status of the server or one model", formatter_class=DefaultsHelpFormatter)
     p.add_argument("--service", default="", help="a model name, or empty for the whole server")
     p.set_defaults(run=health)
-    args = parser.parse_args(argv)
+    return parser
+
+
+# How the server names one image of a request in an INVALID_ARGUMENT detail: `images[3].encoded: not a PNG ...`.
+IMAGE_FIELD = re.compile(r"images\[(\d+)\](?:\.encoded)?(?=:)")
+
+
+def name_the_files(details: str, paths: list[str]) -> str:
+    """The server's detail with each image it names by its place in the request (`images[3].encoded`) named
+    by its file instead, as the user knows it. The server stays the one judge of what it accepts (formats,
+    sizes, the decoded-pixel budget, damaged files); the client only translates where."""
+    def file_name(match: re.Match) -> str:
+        i = int(match[1])
+        return paths[i] if i < len(paths) else match[0]
+    return IMAGE_FIELD.sub(file_name, details)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with quiet_when_stdout_closes():
+            return args.run(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:
         details = error.details() or "(no details)"
+        if args.command == "classify":
+            details = name_the_files(details, args.images)
         if error.code() == grpc.StatusCode.UNAVAILABLE:
             details += f" (is a server running at {args.target}?)"
         print(f"error: {error.code().name}: {details}", file=sys.stderr)

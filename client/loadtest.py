@@ -1,14 +1,16 @@
 """Load generator for a cnnserve server.
 
-    python -m server.loadtest --spawn-server model_repository --model lenet --concurrency 1,4,16,64
-    python -m server.loadtest --target 127.0.0.1:50051 --model resnet18 --rate 200 --duration 10
-    python -m server.loadtest --spawn-server model_repository --model lenet_bn --protocol kserve-http
+    cnnserve loadtest --spawn-server model_repository --model lenet --concurrency 1,4,16,64
+    cnnserve loadtest --target 127.0.0.1:50051 --model resnet18 --rate 200 --duration 10
+    cnnserve loadtest --spawn-server model_repository --model lenet_bn --protocol kserve-http
 
 Closed loop (`--concurrency`): each of C callers sends its next request when the previous one
 answers. Open loop (`--rate`): requests leave at Poisson-distributed times whatever the server
 does, and each latency is measured from the request's intended send time, so a server that
 falls behind shows it (no coordinated omission). Callers are spread over `--processes` client
 processes (asyncio gRPC in each) so the client is not the bottleneck.
+
+`python -m client.loadtest` and `python -m server.loadtest` run the same.
 """
 from __future__ import annotations
 
@@ -27,12 +29,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-import numpy as np
+from cnnserve.entry import DefaultsHelpFormatter, exit_if_missing, program_name, quiet_when_stdout_closes
 
-from client.channel import ClientSecurity, add_security_flags, connect, message_limits, security_from
-from cnnserve.proto import classifier_pb2 as pb
-from cnnserve.proto import classifier_pb2_grpc
+with exit_if_missing("client"):
+    import grpc
+    import numpy as np
+
+    from client.channel import ClientSecurity, add_security_flags, connect, message_limits, security_from
+    from cnnserve.proto import classifier_pb2 as pb
+    from cnnserve.proto import classifier_pb2_grpc
 
 START_MARGIN_S = 0.5   # processes start their clock together this long after the parent says go
 
@@ -142,6 +147,17 @@ async def open_sender(workload: Workload, seed: int):
         yield send
 
 
+def arrival_offsets(workload: Workload, rate: float, index: int) -> list[float]:
+    """Open loop: when process `index` sends at `rate`/s, in seconds from the level's start to the end of its
+    measured time. Poisson arrivals, the same for the same seed, so the requests a run sends are known before
+    it starts; a server that falls behind cannot make the client send fewer."""
+    rng, offsets, offset = random.Random(workload.seed * 1000 + index), [], 0.0
+    while offset < workload.warmup_s + workload.duration_s:
+        offsets.append(offset)
+        offset += rng.expovariate(rate)
+    return offsets
+
+
 async def _drive(workload: Workload, level: Level, share: float, start_at: float, index: int,
                  progress) -> tuple[list[tuple[float, float, str]], dict[str, str]]:
     """Run this process's share of a level; return (intended send time, latency s, status) per measured
@@ -152,14 +168,14 @@ async def _drive(workload: Workload, level: Level, share: float, start_at: float
     first_errors: dict[str, str] = {}
     async with open_sender(workload, workload.seed + index) as send:
 
-        async def call(intended: float) -> None:
+        async def call(intended: float, measured: bool) -> None:
             try:
                 await send()
                 code = "OK"
             except CallFailed as error:
                 code = error.code
                 first_errors.setdefault(code, error.details[:300])
-            if intended >= measure_from:
+            if measured:
                 records.append((intended, time.time() - intended, code))
                 with progress.get_lock():
                     progress.value += 1
@@ -168,15 +184,13 @@ async def _drive(workload: Workload, level: Level, share: float, start_at: float
         if level.concurrency:
             async def caller() -> None:
                 while (now := time.time()) < end:
-                    await call(now)
+                    await call(now, measured=now >= measure_from)
             await asyncio.gather(*(caller() for _ in range(round(share))))
         else:
-            rng = random.Random(workload.seed * 1000 + index)
-            intended, pending = time.time(), []
-            while intended < end:
-                await asyncio.sleep(max(0.0, intended - time.time()))
-                pending.append(asyncio.ensure_future(call(intended)))
-                intended += rng.expovariate(share)
+            pending = []
+            for offset in arrival_offsets(workload, share, index):
+                await asyncio.sleep(max(0.0, start_at + offset - time.time()))
+                pending.append(asyncio.ensure_future(call(start_at + offset, measured=offset >= workload.warmup_s)))
             await asyncio.gather(*pending)
     return records, first_errors
 
@@ -303,14 +317,15 @@ def check_target(target: str, model: str, protocol: str = "cnnserve", timeout: f
     return None if info.ready else f"model {model} is not serving: {info.reason}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.loadtest", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=program_name(), description=__doc__.splitlines()[0],
+                                     formatter_class=DefaultsHelpFormatter)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--target", default="127.0.0.1:50051", help="host:port of a running server")
     where.add_argument("--spawn-server", metavar="REPOSITORY", type=Path,
                        help="start `python -m server` on this repository for the run, then stop it")
     parser.add_argument("--server-args", default="", help="extra arguments for the spawned server")
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True, help="the model to load-test")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="cnnserve",
                         help="cnnserve.v1 Classify, KServe v2 ModelInfer over gRPC, or KServe v2 infer over HTTP "
                              "(--target is then the server's --http-port)")
@@ -326,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     add_security_flags(parser)
     parser.add_argument("--csv", type=Path, help="write the results here as CSV")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     levels = [Level(rate=args.rate)] if args.rate else [Level(concurrency=int(c)) for c in args.concurrency.split(",")]
@@ -355,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for level in levels:
             rows.append(run_level(workload, level))
-        print_table(rows)
+        with quiet_when_stdout_closes():
+            print_table(rows)
         write_outputs(rows, args.json, args.csv)
     finally:
         if spawned:

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from cnnserve.metadata import ModelMetadata
 from cnnserve.spec import METADATA_FILE, MODEL_FILE
 
 WEIGHTS_INDEX = Path(__file__).resolve().parent.parent / "models" / "weights" / "index.json"
@@ -46,8 +47,8 @@ def models_to_build(repository: Path, archs: Iterable[str] | None = None, index:
             todo[arch] = "not built yet"
             continue
         try:
-            source = json.loads((version / METADATA_FILE).read_text())["checkpoint"] or {}
-        except (OSError, ValueError, KeyError, TypeError):
+            source = ModelMetadata.from_json(json.loads((version / METADATA_FILE).read_text())).checkpoint or {}
+        except (OSError, ValueError):     # MetadataError is a ValueError
             todo[arch] = f"its {METADATA_FILE} is unreadable"
             continue
         if source.get("path") == f"models/weights/{entry['file']}" and source.get("sha256") != entry["sha256"]:

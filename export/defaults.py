@@ -23,13 +23,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from cnnserve.default_repository import LOCK_FILE, models_to_build
-from export.onnx import ExportError, export
-from models.data import load_fashion_mnist
-from models.pretrained import get_weights
-from models.recipes import TrainConfig
-from models.registry import list_models
-from models.train import run
+from cnnserve.entry import DefaultsHelpFormatter, exit_if_missing, program_name
+
+with exit_if_missing("train"):
+    from cnnserve.default_repository import LOCK_FILE, models_to_build
+    from export.onnx import ExportError, export
+    from models.data import load_fashion_mnist
+    from models.pretrained import get_weights
+    from models.recipes import TrainConfig
+    from models.registry import list_models
+    from models.train import run
 
 
 def replace_model(out: Path, arch: str, build) -> None:
@@ -77,7 +80,8 @@ def build_missing(out: Path, archs: list[str], data_dir: str | None = None) -> N
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m export.defaults", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program_name(), description=__doc__.splitlines()[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("model_repository"))
     parser.add_argument("--archs", help="comma-separated (default: every architecture with shipped weights: "
                         f"{', '.join(list_models(trained=True))})")

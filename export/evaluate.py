@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-from tqdm import tqdm
+from cnnserve.entry import DefaultsHelpFormatter, exit_if_missing, program_name
 
-from cnnserve.spec import INPUT_NAME, LOGITS
-from models.data import DataError, load_split
-from server.repository import RepositoryError, load_version
+with exit_if_missing("train"):
+    import numpy as np
+    import onnxruntime as ort
+    from tqdm import tqdm
+
+    from cnnserve.repository import RepositoryError, load_version
+    from cnnserve.spec import INPUT_NAME, LOGITS
+    from models.data import DataError, load_split
 
 TOLERANCE = 0.001   # 0.1 percentage point
 
@@ -32,7 +35,8 @@ def accuracy(model_path: Path, images: np.ndarray, labels: np.ndarray, batch_siz
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m export.evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program_name(), description=__doc__.splitlines()[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("model_dir", type=Path, help="<repository>/<arch>")
     parser.add_argument("--version", type=int, help="default: the newest")
     parser.add_argument("--data-dir", help="Fashion-MNIST directory")
@@ -43,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     except (RepositoryError, DataError) as error:
         parser.exit(1, f"error: {error}\n")
     measured = accuracy(model.model_path, images, labels)
-    recorded = model.metadata["test_acc"]
+    recorded = model.metadata.test_acc
     print(f"{model.name} v{model.version}: test accuracy {measured:.4f} on {len(images)} images (ONNX Runtime CPU)")
     if recorded is None:
         parser.exit(1, "error: an UNTRAINED export (random weights); its accuracy is chance and there is no "

@@ -1,11 +1,14 @@
 """Export a model to ONNX, verify it, and write it into a model repository.
 
-    python -m export.onnx --arch resnet18 [--checkpoint PATH | --random-init] [--out model_repository]
+    python -m export.onnx --arch resnet18 [--checkpoint PATH | --random-init] [--out REPOSITORY]
     python -m export.onnx --arch resnet18 --quantize int8     # resnet18_int8, into exports/int8/
 
 The weights come from --checkpoint, else the newest local checkpoint, else the shipped trained
-weights (models/weights/). --random-init exports go to exports/untrained/ by default, --quantize
-exports (a model of their own, `<arch>_int8`: export/quantize.py) to exports/int8/.
+weights (models/weights/). Exports go to a build directory, never into the shipped default
+repository (`model_repository/`, which only `python -m export.defaults` writes): trained ones to
+exports/trained/, --random-init ones to exports/untrained/, --quantize ones (a model of their own,
+`<arch>_int8`: export/quantize.py) to exports/int8/. Serve one with
+`python -m server --model-repository exports/trained`.
 
 Every export is checked (onnx.checker with full check, an ONNX Runtime CPU session, parity with
 PyTorch on real Fashion-MNIST test images at batch 1 and 7); if any check fails, the export fails
@@ -16,29 +19,34 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata as package_metadata
 from pathlib import Path
 
-import numpy as np
-import onnx
-import onnxruntime as ort
-import torch
-from PIL import Image
+from cnnserve.entry import DefaultsHelpFormatter, exit_if_missing, program_name
 
-from cnnserve.spec import CLASSES, IMAGE_SIDE, INPUT_NAME, Preprocessing, UnknownFeatures, select_features, sha256_file
-from export.graph import ServingGraph, export_graph
-from export.parity import ParityError, check_parity
-from export.quantize import CALIBRATION_IMAGES, DEFAULT_THRESHOLDS, QuantizationError, Thresholds, quantize_and_check
-from export.repository import METADATA_FILE, MODEL_FILE, model_config, next_version, staged_version, write_model_files
-from models.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from models.data import DataError, has_split, load_split, resolve_data_dir
-from models.pretrained import WEIGHTS_NAME, WeightsError, get_weights, list_weights
-from models.registry import TapNet, create_model, list_models
+with exit_if_missing("train"):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from PIL import Image
+
+    from cnnserve.metadata import ModelMetadata, TensorInfo
+    from cnnserve.spec import CLASSES, IMAGE_SIDE, INPUT_NAME, Preprocessing, UnknownFeatures, select_features, sha256_file
+    from export.graph import ServingGraph, export_graph
+    from export.parity import ParityError, check_parity
+    from export.quantize import CALIBRATION_IMAGES, DEFAULT_THRESHOLDS, QuantizationError, Thresholds, quantize_and_check
+    from export.repository import METADATA_FILE, MODEL_FILE, model_config, next_version, staged_version, write_model_files
+    from models.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+    from models.data import DataError, has_split, load_split, resolve_data_dir
+    from models.pretrained import WEIGHTS_NAME, WeightsError, get_weights, list_weights
+    from models.recipes import how_to_train
+    from models.registry import TapNet, create_model, list_models
 
 DEFAULT_OPSET = 20
-DEFAULT_REPOSITORY = Path("model_repository")
+TRAINED_OUT = Path("exports/trained")       # where trained exports go unless --out says otherwise
 UNTRAINED_OUT = Path("exports/untrained")   # where random-init exports go unless --out says otherwise
 QUANTIZED_OUT = Path("exports/int8")        # where trained --quantize exports go unless --out says otherwise
 PARITY_BATCH_SIZES = (1, 7)
@@ -81,7 +89,7 @@ def resolve_source(arch: str, checkpoint: str | None, random_init: bool, checkpo
         if arch in list_weights():
             return shipped_source(arch)
         raise ExportError(f"no checkpoint of {arch} in {checkpoints_dir}/{arch}/ and no shipped weights for it. "
-                          f"Train one with `python -m models.train --arch {arch}`, pass --checkpoint PATH, or pass "
+                          f"Train one with {how_to_train(arch)}, pass --checkpoint PATH, or pass "
                           f"--random-init for an untrained export (written to {UNTRAINED_OUT}/)")
     try:
         model, loaded = load_checkpoint(path)
@@ -148,26 +156,27 @@ def exporter_versions() -> dict[str, str]:
 
 
 def build_metadata(arch: str, version: int, source: Source, model_path: Path, output_shapes: dict[str, list[int]],
-                   parity: dict, opset: int) -> dict:
+                   parity: dict, opset: int, **extra) -> ModelMetadata:
     """Everything a server or a person needs to know about one exported version."""
     checkpoint = source.checkpoint
     config = checkpoint["config"] if checkpoint else {}
-    return {
-        "arch": arch, "version": version, "trained": checkpoint is not None,
-        "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [-1, 1, IMAGE_SIDE, IMAGE_SIDE]},
-        "preprocessing": asdict(source.preprocessing),
-        "labels": list(CLASSES),
-        "outputs": [{"name": name, "dtype": "float32", "shape": [-1, *dims]} for name, dims in output_shapes.items()],
-        "model_file": model_path.name,
-        "sha256": sha256_file(model_path),
-        "size_bytes": model_path.stat().st_size,
-        "test_acc": checkpoint["metrics"]["test_acc"] if checkpoint else None,
-        "checkpoint": None if checkpoint is None else {
+    return ModelMetadata(
+        arch=arch, version=version, trained=checkpoint is not None,
+        input=TensorInfo(INPUT_NAME, "uint8", (-1, 1, IMAGE_SIDE, IMAGE_SIDE)),
+        preprocessing=source.preprocessing,
+        labels=CLASSES,
+        outputs=tuple(TensorInfo(name, "float32", (-1, *dims)) for name, dims in output_shapes.items()),
+        model_file=model_path.name,
+        sha256=sha256_file(model_path),
+        size_bytes=model_path.stat().st_size,
+        test_acc=checkpoint["metrics"]["test_acc"] if checkpoint else None,
+        checkpoint=None if checkpoint is None else {
             "path": checkpoint["path"], "sha256": checkpoint["sha256"], "recipe": config["recipe"], "config": config,
             "metrics": {k: v for k, v in checkpoint["metrics"].items() if k != "history"}},
-        "opset": opset, "exporter": exporter_versions(), "parity": parity,
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+        opset=opset, exporter=exporter_versions(), parity=parity,
+        exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    )
 
 
 def export(arch: str, out: Path, *, checkpoint: str | None = None, random_init: bool = False,
@@ -207,13 +216,13 @@ def export(arch: str, out: Path, *, checkpoint: str | None = None, random_init: 
                                                            trained=source.checkpoint is not None)
             parity = {**int8_parity, "fp32_vs_pytorch": parity}
             fp32_path.unlink()
-        metadata = build_metadata(arch, version, source, model_path, output_shapes, parity, opset)
+        metadata = build_metadata(arch, version, source, model_path, output_shapes, parity, opset,
+                                  export_seconds=round(time.perf_counter() - started, 2))
         if quantize:
-            metadata["quantization"] = quantization
-            if source.checkpoint:
-                metadata["test_acc"] = parity["int8_accuracy"]   # what this model scores; fp32's stays in checkpoint.metrics
-        metadata["export_seconds"] = round(time.perf_counter() - started, 2)
-        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+            metadata = replace(metadata, quantization=quantization,
+                               # what this model scores; fp32's stays in checkpoint.metrics
+                               test_acc=parity["int8_accuracy"] if source.checkpoint else None)
+        (staging / METADATA_FILE).write_text(json.dumps(metadata.to_json(), indent=2))
     write_model_files(model_dir, model_config(name, [1, IMAGE_SIDE, IMAGE_SIDE], output_shapes), list(CLASSES))
     if quantize:
         summary = (f"int8 parity {'ok' if parity['gated'] else 'not required (untrained)'}: top-1 agreement "
@@ -223,15 +232,16 @@ def export(arch: str, out: Path, *, checkpoint: str | None = None, random_init: 
     else:
         worst = max(parity["outputs"].values(), key=lambda o: o["max_abs"])
         summary = f"parity ok (worst max abs {worst['max_abs']:.2e}, max rel {worst['max_rel']:.2e})"
-    print(f"{name} v{version}: {metadata['size_bytes'] / 1e6:.1f} MB, {len(output_shapes)} outputs, {summary}, "
-          f"{'trained, test acc ' + format(metadata['test_acc'], '.4f') if metadata['trained'] else 'UNTRAINED'}"
+    print(f"{name} v{version}: {metadata.size_bytes / 1e6:.1f} MB, {len(output_shapes)} outputs, {summary}, "
+          f"{'trained, test acc ' + format(metadata.test_acc, '.4f') if metadata.trained else 'UNTRAINED'}"
           f"{' (' + source.checkpoint['path'] + ')' if source.checkpoint else ''}, "
-          f"{metadata['export_seconds']:.1f} s -> {model_dir / str(version)}")
+          f"{metadata.export_seconds:.1f} s -> {model_dir / str(version)}")
     return model_dir / str(version)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program_name(), description=__doc__.splitlines()[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--arch", required=True, help=f"one of {', '.join(list_models())}, or 'all'")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="checkpoint file (default: the newest in --checkpoints/<arch>/)")
@@ -239,8 +249,8 @@ def main(argv: list[str] | None = None) -> None:
                         "checkpoint exists (without any of these flags they are used when none exists)")
     source.add_argument("--random-init", action="store_true", help="export an untrained model (marked in the metadata)")
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="where to look for checkpoints")
-    parser.add_argument("--out", type=Path, help=f"model repository (default: model_repository; "
-                        f"with --random-init: {UNTRAINED_OUT})")
+    parser.add_argument("--out", type=Path, help=f"model repository (default: {TRAINED_OUT}; "
+                        f"with --random-init: {UNTRAINED_OUT}; with --quantize: {QUANTIZED_OUT})")
     parser.add_argument("--force", action="store_true", help="allow an untrained export beside trained versions")
     parser.add_argument("--version", type=int, help="version number (default: one above the newest)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
@@ -259,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     archs = list_models() if args.arch == "all" else [args.arch]
     if args.checkpoint and len(archs) > 1:
         parser.error("--checkpoint names one file; use it with one --arch")
-    out = args.out or (UNTRAINED_OUT if args.random_init else QUANTIZED_OUT if args.quantize else DEFAULT_REPOSITORY)
+    out = args.out or (UNTRAINED_OUT if args.random_init else QUANTIZED_OUT if args.quantize else TRAINED_OUT)
     thresholds = Thresholds(args.min_agreement, args.max_accuracy_change)
     for arch in archs:
         try:

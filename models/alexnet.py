@@ -3,7 +3,9 @@ from collections import OrderedDict
 
 from torch import nn
 
-from models.registry import FeatureTap, TapNet, register_model
+from models.builders import FeatureTap, TapNet, register_model
+
+INPUT_SIDE = 224
 
 
 def _conv_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -19,7 +21,7 @@ def fc_stage(in_features: int, out_features: int, flatten: bool = False) -> nn.S
     return nn.Sequential(*layers)
 
 
-@register_model("alexnet")
+@register_model("alexnet", input_side=INPUT_SIDE)
 def alexnet(*, num_classes: int = 10) -> TapNet:
     stages = OrderedDict(
         conv1=_conv_relu(1, 96, kernel_size=11, stride=4, padding=1),
@@ -46,4 +48,4 @@ def alexnet(*, num_classes: int = 10) -> TapNet:
         FeatureTap("fc1", 4096, None),
         FeatureTap("fc2", 4096, None),
     ]
-    return TapNet(stages, nn.Linear(4096, num_classes), input_side=224, feature_info=taps)
+    return TapNet(stages, nn.Linear(4096, num_classes), input_side=INPUT_SIDE, feature_info=taps)

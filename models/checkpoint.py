@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from cnnserve.spec import sha256_file
+from models.builders import TapNet, build_model
 from models.recipes import TrainConfig
-from models.registry import TapNet, create_model
 
 
 class CheckpointError(RuntimeError):
@@ -33,7 +33,7 @@ def load_checkpoint(path: str | Path) -> tuple[TapNet, dict]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        model = create_model(checkpoint["config"]["arch"])
+        model = build_model(checkpoint["config"]["arch"])
         model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, KeyError, ValueError, OSError) as error:
         raise CheckpointError(f"{path} is not a usable cnnserve checkpoint: {error}") from None

@@ -4,8 +4,10 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from models.registry import FeatureTap, TapNet, register_model
+from models.builders import FeatureTap, TapNet, register_model
 from models.resnet import stem
+
+INPUT_SIDE = 96
 
 GROWTH_RATE = 32
 CONVS_PER_BLOCK = 4
@@ -48,7 +50,7 @@ def _dense(in_channels: int) -> DenseBlock:
     return DenseBlock(CONVS_PER_BLOCK, in_channels, GROWTH_RATE)
 
 
-@register_model("densenet")
+@register_model("densenet", input_side=INPUT_SIDE)
 def densenet(*, num_classes: int = 10) -> TapNet:
     # Channels 64 -> 192 -> 96 -> 224 -> 112 -> 240 -> 120 -> 248: each dense block adds 4 × 32.
     stages = OrderedDict(
@@ -73,4 +75,4 @@ def densenet(*, num_classes: int = 10) -> TapNet:
         FeatureTap("dense4", 248, 3),
         FeatureTap("gap", 248, None),
     ]
-    return TapNet(stages, nn.Linear(248, num_classes), input_side=96, feature_info=taps)
+    return TapNet(stages, nn.Linear(248, num_classes), input_side=INPUT_SIDE, feature_info=taps)

@@ -4,7 +4,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from models.registry import FeatureTap, TapNet, register_model
+from models.builders import FeatureTap, TapNet, register_model
+
+INPUT_SIDE = 96
 
 
 class Inception(nn.Module):
@@ -39,7 +41,7 @@ def _halving_pool() -> nn.MaxPool2d:
     return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
 
-@register_model("googlenet")
+@register_model("googlenet", input_side=INPUT_SIDE)
 def googlenet(*, num_classes: int = 10) -> TapNet:
     stages = OrderedDict(
         b1=nn.Sequential(nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3), nn.ReLU(), _halving_pool()),
@@ -78,4 +80,4 @@ def googlenet(*, num_classes: int = 10) -> TapNet:
         FeatureTap("inception5b", 384 + 384 + 128 + 128, 3),
         FeatureTap("gap", 1024, None),
     ]
-    return TapNet(stages, nn.Linear(1024, num_classes), input_side=96, feature_info=taps)
+    return TapNet(stages, nn.Linear(1024, num_classes), input_side=INPUT_SIDE, feature_info=taps)

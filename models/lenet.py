@@ -3,7 +3,9 @@ from collections import OrderedDict
 
 from torch import nn
 
-from models.registry import FeatureTap, TapNet, register_model
+from models.builders import FeatureTap, TapNet, register_model
+
+INPUT_SIDE = 28
 
 
 def _conv_stage(in_channels: int, out_channels: int, padding: int, batch_norm: bool) -> nn.Sequential:
@@ -44,14 +46,14 @@ def _lenet(batch_norm: bool, num_classes: int) -> TapNet:
         FeatureTap("fc1", 120, None),
         FeatureTap("fc2", 84, None),
     ]
-    return TapNet(stages, nn.Linear(84, num_classes), input_side=28, feature_info=taps)
+    return TapNet(stages, nn.Linear(84, num_classes), input_side=INPUT_SIDE, feature_info=taps)
 
 
-@register_model("lenet")
+@register_model("lenet", input_side=INPUT_SIDE)
 def lenet(*, num_classes: int = 10) -> TapNet:
     return _lenet(batch_norm=False, num_classes=num_classes)
 
 
-@register_model("lenet_bn")
+@register_model("lenet_bn", input_side=INPUT_SIDE)
 def lenet_bn(*, num_classes: int = 10) -> TapNet:
     return _lenet(batch_norm=True, num_classes=num_classes)

@@ -8,7 +8,9 @@ from collections import OrderedDict
 
 from torch import nn
 
-from models.registry import FeatureTap, TapNet, register_model
+from models.builders import FeatureTap, TapNet, register_model
+
+INPUT_SIDE = 224
 
 
 def _nin_block(in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int) -> nn.Sequential:
@@ -20,7 +22,7 @@ def _nin_block(in_channels: int, out_channels: int, kernel_size: int, stride: in
     )
 
 
-@register_model("nin")
+@register_model("nin", input_side=INPUT_SIDE)
 def nin(*, num_classes: int = 10) -> TapNet:
     stages = OrderedDict(
         nin1=_nin_block(1, 96, kernel_size=11, stride=4, padding=0),
@@ -43,4 +45,4 @@ def nin(*, num_classes: int = 10) -> TapNet:
         FeatureTap("nin4", num_classes, 5),
         FeatureTap("gap", num_classes, None),
     ]
-    return TapNet(stages, nn.Identity(), input_side=224, feature_info=taps)
+    return TapNet(stages, nn.Identity(), input_side=INPUT_SIDE, feature_info=taps)

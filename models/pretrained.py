@@ -24,11 +24,16 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from cnnserve.entry import exit_if_missing, program_name, quiet_when_stdout_closes
 
-from cnnserve.spec import sha256_file
+with exit_if_missing("train"):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from cnnserve.spec import sha256_file
+    from models.builders import registered_names
+    from models.recipes import how_to_train
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 INDEX_FILE = "index.json"
@@ -78,7 +83,7 @@ def get_weights(arch: str, weights_dir: Path = WEIGHTS_DIR) -> Weights:
     if arch not in index:
         shipped = ", ".join(index) or "none"
         raise WeightsError(f"no shipped {WEIGHTS_NAME} weights for {arch!r} (shipped: {shipped}); train them "
-                           f"with `python -m models.train --arch {arch}`")
+                           f"with {how_to_train(arch)}")
     return index[arch]
 
 
@@ -169,8 +174,6 @@ def publish(checkpoint_path: Path, dtype: str = "float16", weights_dir: Path = W
 
 def reindex(weights_dir: Path = WEIGHTS_DIR) -> dict[str, Weights]:
     """Rewrite `index.json` from the safetensors files in `weights_dir`, in the registry's model order."""
-    from models.registry import list_models
-
     entries = {}
     for path in weights_dir.glob("*.safetensors"):
         with safe_open(path, framework="pt") as f:
@@ -182,13 +185,13 @@ def reindex(weights_dir: Path = WEIGHTS_DIR) -> dict[str, Weights]:
             test_acc_stored=metrics["test_acc_stored"], train_seconds=round(metrics["train_seconds"], 1),
             wall_seconds=round(metrics.get("wall_seconds", metrics["train_seconds"]), 1),
             device=metrics["device"], params=metrics["params"], size_bytes=path.stat().st_size)
-    ordered = {arch: entries[arch] for arch in list_models() if arch in entries}
+    ordered = {arch: entries[arch] for arch in registered_names() if arch in entries}
     (weights_dir / INDEX_FILE).write_text(json.dumps([asdict(w) for w in ordered.values()], indent=2) + "\n")
     return ordered
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.pretrained", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program_name(), description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("publish", help="store a checkpoint's weights and register them")
     add.add_argument("checkpoint", type=Path)
@@ -207,10 +210,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"{w.test_acc_stored:.4f} after the {w.dtype} round trip; sha256 {w.sha256[:12]}…")
         else:
             index = reindex(args.weights_dir) if args.command == "reindex" else read_index(args.weights_dir)
-            for w in index.values():
-                print(f"{w.arch:10s} {w.test_acc_stored:.4f}  {w.recipe:10s} {w.epochs:2d} epochs  "
-                      f"{w.wall_seconds / 60:5.1f} min on {w.device:24s} {w.params:>11,} params  {w.dtype:16s}  "
-                      f"{w.size_bytes / 1e6:5.1f} MB")
+            with quiet_when_stdout_closes():
+                for w in index.values():
+                    print(f"{w.arch:10s} {w.test_acc_stored:.4f}  {w.recipe:10s} {w.epochs:2d} epochs  "
+                          f"{w.wall_seconds / 60:5.1f} min on {w.device:24s} {w.params:>11,} params  {w.dtype:16s}  "
+                          f"{w.size_bytes / 1e6:5.1f} MB")
     except (WeightsError, OSError) as error:
         sys.exit(f"error: {error}")
 

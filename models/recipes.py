@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from cnnserve.spec import Preprocessing
+from models.builders import input_side
 from models.data import TRAIN_MEAN, TRAIN_STD
-from models.registry import create_model, list_models
 
 RECIPES = ("book", "modern", "modern-cpu")
 
@@ -93,9 +93,7 @@ CPU_BUDGET = {
 
 def make_config(arch: str, recipe: str, **overrides) -> TrainConfig:
     """The recipe's config for `arch`; `overrides` with value None are ignored (unset CLI flags)."""
-    if arch not in list_models():
-        raise ValueError(f"unknown model {arch!r}; registered models: {', '.join(list_models())}")
-    side = create_model(arch).input_side
+    side = input_side(arch)     # raises for an unknown arch, naming the registered ones
     if recipe == "book":
         lr, batch_size = BOOK[arch]
         config = TrainConfig(arch, "book", lr=lr, batch_size=batch_size, side=side, init="xavier")
@@ -107,3 +105,30 @@ def make_config(arch: str, recipe: str, **overrides) -> TrainConfig:
     else:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# Training speed on this project's 2-core CPU with the modern-cpu recipe's settings (images/s, steady
+# state): the one record the time estimates below are made of. alexnet: its shipped run (5 epochs,
+# 100.2 min of epochs, 46-55 img/s on a busy machine). vgg11 (bf16, channels-last) and nin (the low
+# end of 90-128 img/s): bench/cpu_train_speed.py; a busy machine is slower.
+CPU_IMAGES_PER_S = {"alexnet": 50, "vgg11": 70, "nin": 90}
+TRAIN_IMAGES = 60_000       # an epoch: Fashion-MNIST's training set
+
+
+def cpu_training_minutes(arch: str) -> float | None:
+    """Minutes of epochs that `--recipe modern-cpu --device cpu` takes on this 2-core CPU, at the measured speed;
+    None where the speed was not measured."""
+    if arch not in CPU_IMAGES_PER_S:
+        return None
+    return make_config(arch, "modern-cpu").epochs * TRAIN_IMAGES / CPU_IMAGES_PER_S[arch] / 60
+
+
+def how_to_train(arch: str) -> str:
+    """The command that trains `arch` on the CPU, and how long it takes there where that was measured."""
+    command = f"`python -m models.train --arch {arch} --recipe modern-cpu --device cpu`"
+    minutes = cpu_training_minutes(arch)
+    if minutes is None:
+        return command
+    epochs = make_config(arch, "modern-cpu").epochs
+    return (f"{command} ({epochs} epochs: about {minutes:.0f} min on a 2-core CPU at the measured "
+            f"{CPU_IMAGES_PER_S[arch]} img/s)")

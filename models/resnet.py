@@ -4,7 +4,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from models.registry import FeatureTap, TapNet, register_model
+from models.builders import FeatureTap, TapNet, register_model
+
+INPUT_SIDE = 96
 
 
 class Residual(nn.Module):
@@ -46,7 +48,7 @@ def stem() -> nn.Sequential:
     )
 
 
-@register_model("resnet18")
+@register_model("resnet18", input_side=INPUT_SIDE)
 def resnet18(*, num_classes: int = 10) -> TapNet:
     stages = OrderedDict(
         stem=stem(),
@@ -57,11 +59,11 @@ def resnet18(*, num_classes: int = 10) -> TapNet:
         gap=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
     )
     taps = [
-        FeatureTap("stem", 64, 96 // 4),
-        FeatureTap("stage1", 64, 96 // 4),
-        FeatureTap("stage2", 128, 96 // 8),
-        FeatureTap("stage3", 256, 96 // 16),
-        FeatureTap("stage4", 512, 96 // 32),
+        FeatureTap("stem", 64, INPUT_SIDE // 4),
+        FeatureTap("stage1", 64, INPUT_SIDE // 4),
+        FeatureTap("stage2", 128, INPUT_SIDE // 8),
+        FeatureTap("stage3", 256, INPUT_SIDE // 16),
+        FeatureTap("stage4", 512, INPUT_SIDE // 32),
         FeatureTap("gap", 512, None),
     ]
-    return TapNet(stages, nn.Linear(512, num_classes), input_side=96, feature_info=taps)
+    return TapNet(stages, nn.Linear(512, num_classes), input_side=INPUT_SIDE, feature_info=taps)

@@ -15,14 +15,17 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-from torch import nn
-from tqdm import tqdm
+from cnnserve.entry import DefaultsHelpFormatter, exit_if_missing, program_name
 
-from models.checkpoint import save_checkpoint
-from models.data import DataError, FashionMNIST, batches, load_fashion_mnist, to_model_input
-from models.recipes import RECIPES, TrainConfig, make_config
-from models.registry import TapNet, create_model, list_models
+with exit_if_missing("train"):
+    import torch
+    from torch import nn
+    from tqdm import tqdm
+
+    from models.builders import TapNet, build_model, registered_names
+    from models.checkpoint import save_checkpoint
+    from models.data import DataError, FashionMNIST, batches, load_fashion_mnist, to_model_input
+    from models.recipes import RECIPES, TrainConfig, make_config
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,7 +90,7 @@ def train(config: TrainConfig, data: FashionMNIST, *, progress: bool = True) -> 
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    model = create_model(config.arch)
+    model = build_model(config.arch)
     if config.init == "xavier":
         model.apply(xavier_init)
     cuda = device.type == "cuda"
@@ -190,8 +193,10 @@ def run(config: TrainConfig, data: FashionMNIST, out_dir: Path, progress: bool =
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", required=True, help=f"one or more (comma-separated) of {', '.join(list_models())}, or 'all'")
+    parser = argparse.ArgumentParser(prog=program_name(), description=__doc__.splitlines()[0],
+                                     formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--arch", required=True,
+                        help=f"one or more (comma-separated) of {', '.join(registered_names())}, or 'all'")
     parser.add_argument("--recipe", choices=RECIPES, default="modern")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -203,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     args = parser.parse_args(argv)
 
-    archs = list_models() if args.arch == "all" else args.arch.split(",")
+    archs = registered_names() if args.arch == "all" else args.arch.split(",")
     try:
         configs = [make_config(arch, args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                seed=args.seed, device=args.device) for arch in archs]

@@ -4,7 +4,9 @@ from collections import OrderedDict
 from torch import nn
 
 from models.alexnet import fc_stage
-from models.registry import FeatureTap, TapNet, register_model
+from models.builders import FeatureTap, TapNet, register_model
+
+INPUT_SIDE = 224
 
 
 def _vgg_block(num_convs: int, in_channels: int, out_channels: int) -> nn.Sequential:
@@ -17,7 +19,7 @@ def _vgg_block(num_convs: int, in_channels: int, out_channels: int) -> nn.Sequen
     return nn.Sequential(*layers)
 
 
-@register_model("vgg11")
+@register_model("vgg11", input_side=INPUT_SIDE)
 def vgg11(*, num_classes: int = 10) -> TapNet:
     stages = OrderedDict(
         block1=_vgg_block(1, 1, 16),
@@ -30,12 +32,12 @@ def vgg11(*, num_classes: int = 10) -> TapNet:
         fc2=fc_stage(4096, 4096),
     )
     taps = [
-        FeatureTap("block1", 16, 224 // 2),
-        FeatureTap("block2", 32, 224 // 4),
-        FeatureTap("block3", 64, 224 // 8),
-        FeatureTap("block4", 128, 224 // 16),
-        FeatureTap("block5", 128, 224 // 32),
+        FeatureTap("block1", 16, INPUT_SIDE // 2),
+        FeatureTap("block2", 32, INPUT_SIDE // 4),
+        FeatureTap("block3", 64, INPUT_SIDE // 8),
+        FeatureTap("block4", 128, INPUT_SIDE // 16),
+        FeatureTap("block5", 128, INPUT_SIDE // 32),
         FeatureTap("fc1", 4096, None),
         FeatureTap("fc2", 4096, None),
     ]
-    return TapNet(stages, nn.Linear(4096, num_classes), input_side=224, feature_info=taps)
+    return TapNet(stages, nn.Linear(4096, num_classes), input_side=INPUT_SIDE, feature_info=taps)

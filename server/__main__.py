@@ -1,4 +1,9 @@
-"""Serve a model repository over gRPC: `python -m server [--model-repository model_repository]`."""
+"""Serve a model repository over gRPC and HTTP: `python -m server [--model-repository model_repository]`.
+
+Every start-up failure the user can fix (a flag, a busy port, an unreadable file, a model that cannot
+load under --strict) is a `StartupError` (or a repository/provider error) raised where it is found,
+and becomes one line: `error: ...`, exit status 1 (server/startup.py).
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,13 +12,16 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from cnnserve.default_repository import build_missing
-from server.app import ServerConfig, configure_logging, serve
-from server.cpu_limit import affinity_cpus, cpu_limit
-from server.repository import RepositoryError
-from server.runtime import GRAPH_OPTIMIZATION, ProviderUnavailable, RuntimeOptions
-from server.security import DEFAULT_OPEN, SecurityOptions
-from server.workers import available_cpus, run_workers
+from cnnserve.entry import DefaultsHelpFormatter, exit_if_missing, program_name
+
+with exit_if_missing("serve"):
+    from cnnserve.default_repository import build_missing
+    from server.app import ServerConfig, configure_logging, serve
+    from server.cpu_limit import affinity_cpus, cpu_limit
+    from server.runtime import GRAPH_OPTIMIZATION, RuntimeOptions
+    from server.security import DEFAULT_OPEN, SecurityOptions
+    from server.startup import exit_on_startup_error
+    from server.workers import available_cpus, run_workers
 
 log = logging.getLogger("server")
 
@@ -21,19 +29,24 @@ log = logging.getLogger("server")
 def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
     """Flags over `ServerConfig` and `RuntimeOptions`, whose fields are the one home of every default."""
     d, r = ServerConfig, RuntimeOptions
-    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__.split(":")[0])
-    parser.add_argument("--model-repository", type=Path, default=d.model_repository)
+    parser = argparse.ArgumentParser(prog=program_name(), description=__doc__.split(":")[0],
+                                     formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--model-repository", type=Path, default=d.model_repository,
+                        help="Triton-layout model repository to serve (the default one builds its weights-only "
+                             "models on first start)")
     parser.add_argument("--models", help="comma-separated model names to serve (default: all in the repository)")
     parser.add_argument("--host", default=d.host, help="address to listen on, gRPC and metrics (0.0.0.0: all interfaces)")
-    parser.add_argument("--port", type=int, default=d.port)
+    parser.add_argument("--port", type=int, default=d.port, help="gRPC port (cnnserve.v1 and KServe v2)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=r.device,
                         help="auto: CUDA execution provider when available, else CPU; cuda: fail without it")
     parser.add_argument("--threads", type=int, default=r.intra_op_threads,
                         help="ONNX Runtime intra-op threads per model (0: one per core; with --workers, "
                         "the cores divided among the workers, and all of them for a long run while the other "
                         "workers are idle)")
-    parser.add_argument("--graph-optimization", choices=list(GRAPH_OPTIMIZATION), default=r.graph_optimization)
-    parser.add_argument("--warmup-runs", type=int, default=r.warmup_runs)
+    parser.add_argument("--graph-optimization", choices=list(GRAPH_OPTIMIZATION), default=r.graph_optimization,
+                        help="ONNX Runtime graph optimization level")
+    parser.add_argument("--warmup-runs", type=int, default=r.warmup_runs,
+                        help="runs per model before it turns SERVING, so the first request is not the slow one")
     parser.add_argument("--max-message-mb", type=int, default=d.max_message_mb, help="gRPC message size limit, both directions")
     parser.add_argument("--max-batch-size", type=int, help="dynamic batching: most images per run "
                         "(default: max_batch_size of the model's config.pbtxt); also the per-request limit")
@@ -84,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
         grace_s=args.grace, metrics_port=args.metrics_port, metrics_host=args.metrics_host, http_port=args.http_port,
         http_header_timeout_s=args.http_header_timeout, http_max_connections=args.http_max_connections,
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
-        max_queue_images=args.max_queue_images, max_run_images=args.max_run_images, reuse_port=args.workers > 1,
+        max_queue_images=args.max_queue_images, max_run_images=args.max_run_images,
         strict=args.strict,
         max_concurrent_rpcs=args.max_concurrent_rpcs, keepalive_s=args.keepalive,
         max_connection_idle_s=args.max_connection_idle, max_connection_age_s=args.max_connection_age,
@@ -147,13 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     config, workers = parse_args(argv)
     config = size_threads_to_cpu_limit(config, workers)
     build_default_models(config)
-    try:
-        if workers > 1:
-            run_workers(config, workers)
-        else:
-            serve(config)
-    except (ProviderUnavailable, RepositoryError) as error:
-        raise SystemExit(f"error: {error}") from None
+    exit_on_startup_error(lambda: run_workers(config, workers) if workers > 1 else serve(config))
 
 
 if __name__ == "__main__":

@@ -1,55 +1,17 @@
-"""Dynamic batching on the event loop: concurrent requests for one model merged into one ONNX Runtime run.
+"""Dynamic batching: concurrent requests for one model merged into one ONNX Runtime run.
 
-Requests are parsed and queued on the server's asyncio loop; each model has one compute thread
-that runs ONNX Runtime (which releases the GIL). While a batch computes, the loop keeps parsing
-and queueing, so when the run ends the next batch takes everything that arrived meanwhile:
-batches grow with load by themselves, and a lone request starts at once. A run expected to take
-less than `INLINE_RUN_S` (lenet_bn: tens of microseconds per image, up to a full batch of 64)
-runs on the loop itself. Handing a run to the thread costs more than the wake-up, most likely
-because ONNX Runtime then runs it on the compute thread and its own pool thread while the loop
-goes on, three busy threads on two cores, where an inline run keeps it to two. Measured on
-lenet_bn's 64-image requests (runs of about a millisecond), inline against the compute thread:
-0.3-0.5 ms less server CPU per request and a quarter more images/s (README, benchmark 5). The
-bound is how long one run may hold everyone else's requests: up to 2 ms, about the batching
-delay, a run goes inline.
+Requests queue on the server's event loop; each run takes the queued requests with the smallest
+fair-queuing tags (start-time fair queuing over callers), up to `max_run_images` images, slicing a
+larger request across runs, and answers each request with its own rows. Runs expected to be
+shorter than `INLINE_RUN_S` run on the loop itself, where they are cheaper than a hand-off; longer
+ones run on the model's compute thread while the loop keeps queueing, so batches grow with load
+and a lone request starts at once. A run first waits, up to `max_queue_delay`, for requests on
+their way: those being decoded (`arriving()`) and, since nothing arrives while an inline run holds
+the loop, before an inline run those expected back from callers answered in the last `ACTIVE_CALLER_S`.
+Admission is per caller, so a flood cannot lock a newcomer out. Expired and cancelled requests
+are dropped before compute, and an exception fails only the run that raised.
 
-Waiting for company: nothing arrives while an inline run holds the loop, and gRPC hands the loop
-new calls one at a time, so a batcher that started every inline run at once would run batches of
-one under any load (measured: mean batch 1.01 at 16 and at 64 concurrent callers). So before a run
-the batcher waits, up to `max_queue_delay` after the first request in line, for requests that are
-on their way: those being decoded off the loop (announced by `arriving()`), and, when the run
-would be inline, the ones expected back: a closed-loop client sends its next request as soon as it
-has its answer, so each request answered in the last `ACTIVE_CALLER_S` counts as one expected
-from its caller until that caller sends another. Counting answers rather than callers matters
-because one connection may carry many such clients (HTTP/2 streams: one gRPC channel, many calls
-in flight); counting connections, 16 calls in flight on one of them ran batches of 1.01 at 60 %
-of the rate that 16 connections got. A lone client (or the last of a group to arrive) starts its
-run at once: the batcher waits only for company that has been coming, never for company that is
-not. Runs on the compute thread do not wait: requests queue while the previous run computes, and
-waiting would idle the compute thread.
-
-Fairness: the queue is ordered by start-time fair queuing over callers (a caller is a client
-connection, or whatever key the adapter passes). Each request gets the tag max(virtual time,
-its caller's previous tag) + its images, and runs take the smallest tags first, so a caller
-sending one image at a time overtakes a flood of 64-image requests from others instead of
-waiting behind all of them. A run takes at most `max_run_images` images, slicing a larger
-request across runs, so a caller that overtakes waits at most one run; where batching gains
-little (resnet18 on a CPU costs the same per image at batch 1 and 64) a small value bounds
-everyone's wait without losing throughput.
-
-Admission is per caller too: a caller with nothing queued is always admitted (a flood cannot
-lock a newcomer out; `--max-concurrent-rpcs` bounds how many there are); the queue as a whole
-holds at most `max_queue_images`, and once it is half full a caller with requests queued may hold
-at most `max_caller_images` (below that, one busy connection, or a proxy multiplexing many
-users, may use the room nobody else wants).
-
-Ranking: a request that names the output `RANKING` also gets `RANKED_PROBABILITIES`; both are
-derived from the logits once per run (softmax and a stable argsort over the whole batch), so a
-request's top-k is a slice rather than a dozen numpy calls on its one row (measured: ~10% of the
-event loop's time for single-image requests).
-
-Requests whose deadline passed or whose client went away (the awaiting task was cancelled) are
-dropped before compute. Any exception fails exactly the batch that raised.
+The design and the measurements behind each choice: docs/batching.md.
 """
 from __future__ import annotations
 
@@ -75,7 +37,7 @@ log = logging.getLogger(__name__)
 
 QUEUED_BATCHES = 16   # by default a model's queue holds this many full batches of images
 CALLER_BATCHES = 2    # ... of which one caller may hold this many
-INLINE_RUN_S = 0.002  # runs expected to be shorter than this run on the loop (see the docstring)
+INLINE_RUN_S = 0.002  # runs expected to take less run on the loop, holding every other request (docs/batching.md)
 ACTIVE_CALLER_S = 0.05   # a request answered this recently is expected back (closed-loop clients send again at once)
 RANKING = "ranking"                            # derived: class indices, best logit first (ties: lower index) [N, C]
 RANKED_PROBABILITIES = "ranked_probabilities"  # derived: their softmax probabilities, in that order [N, C]
@@ -140,11 +102,6 @@ class Batcher:
         self._compute = ThreadPoolExecutor(1, thread_name_prefix=f"compute-{name}")
         self._image_s: float | None = None                # recent compute seconds per image (unknown at first)
 
-    @property
-    def queued(self) -> int:
-        """Requests waiting for a batch."""
-        return len(self._queue)
-
     @contextmanager
     def arriving(self):
         """Wrap a request's decoding off the loop, so a batch about to start waits for it (up to the delay)."""
@@ -157,7 +114,7 @@ class Batcher:
 
     async def infer(self, images: np.ndarray, outputs: list[str], deadline: float | None = None,
                     caller: str = "") -> BatchResult:
-        """Run `images` (uint8 [N, 1, 28, 28]) for the named outputs, batched with concurrent requests."""
+        """Run `images` (uint8 [N, 1, side, side]) for the named outputs, batched with concurrent requests."""
         if self._closed:
             raise Unavailable(f"model {self.name} is shutting down")
         n = len(images)
@@ -223,7 +180,7 @@ class Batcher:
 
     async def _wait_for_company(self) -> None:
         """Hold the next run, up to the delay after the first request in line, while more requests are on their
-        way (see the module's docstring); return as soon as none is, or the run is full."""
+        way (docs/batching.md, "Waiting for company"); return as soon as none is, or the run is full."""
         deadline = self._queue[0].enqueued + self.options.max_queue_delay_s
         self._forget_the_gone()
         try:
@@ -240,7 +197,7 @@ class Batcher:
 
     def _company_expected(self) -> bool:
         """Whether the next run should wait: while requests are being decoded off the loop; and while an inline
-        run would go without requests expected back (see the module's docstring)."""
+        run would go without requests expected back (docs/batching.md, "Waiting for company")."""
         if not self._queue or self._queued_images >= self.options.run_images:
             return False
         if self._arriving:
@@ -262,11 +219,6 @@ class Batcher:
             for caller in [caller for caller, (_, until) in self._expected.items() if until <= now]:
                 self._expected_total -= self._expected.pop(caller)[0]
             self._next_prune = now + ACTIVE_CALLER_S / 4
-
-    @property
-    def remembered_callers(self) -> int:
-        """Callers the batcher keeps anything about (bounded: the queued and the recently answered)."""
-        return len(self._expected) + len(self._caller_images)
 
     def _take_batch(self) -> list[tuple[_Request, int, int]]:
         """(request, first row, stop row) slices with the smallest tags, at most max_run_images rows in all."""

@@ -14,6 +14,7 @@ is decoded on a small thread pool, so one costly image cannot stall everyone els
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,9 +30,9 @@ from server.images import DecodeBudget, decode_encoded, decode_tensor
 from server.metrics import Metrics
 from server.model_store import ModelStore, ServedModel
 
-PER_IMAGE_OVERHEAD_BYTES = 64     # framing of one image's results in any protocol, beyond the payload
-PER_OUTPUT_OVERHEAD_BYTES = 64
-PER_PREDICTION_BYTES = 48
+# The response-size rule: framing of one image's results in any protocol, beyond the payload. The explorer
+# page reads these from the model metadata (HTTP `parameters`) to warn before it asks for too much.
+RESPONSE_OVERHEAD_BYTES = {"per_image": 64, "per_output": 64, "per_prediction": 48}
 # Encoded bytes a request may decode on the event loop itself. zlib inflates at most about 1000:1,
 # so 2 KB of PNG (a Fashion-MNIST image is 300-800 bytes) decodes to at most ~2 MB: milliseconds.
 INLINE_DECODE_BYTES = 2 * 1024
@@ -56,13 +57,27 @@ class PixelImage:
 
 
 @dataclass(slots=True)
+class PixelBatch:
+    """A whole batch of raw pixels as the client sent it, unchecked: `field` names it in errors, `dtype`
+    must equal `uint8_name` (the protocol's name for uint8), and the values come as bytes or as integers."""
+    field: str
+    dtype: str
+    shape: Sequence[int]
+    data: bytes | memoryview | None = None
+    values: Sequence[int] | None = None
+    uint8_name: str = "uint8"
+
+
+@dataclass(slots=True)
 class InferRequest:
     model: str
     version: int = 0                             # 0: the version the server loaded
     images: Sequence[EncodedImage | PixelImage] = ()
-    batch: np.ndarray | None = None              # or the whole batch at once: uint8 [N, 1, side, side]
+    batch: PixelBatch | None = None              # or the whole batch at once: uint8 [N, 1, side, side]
     features: Sequence[str] = ()                 # feature maps beside the logits, or ["all"]
     top_k: int = 0                               # 0: no top-k; else 1..classes
+    top_k_field: str = "top_k"                   # the protocol's name for top_k, for its errors
+    outputs_named: bool = False                  # KServe: features are "outputs" (beside the logits), no "all"
     feature_itemsize: int = 4                    # bytes per feature value in the response (budget check)
     deadline: float | None = None                # a time.monotonic() value
     caller: str = ""                             # who asks (a connection): the batcher's fair share is per caller
@@ -96,6 +111,10 @@ class DataPlane:
         self._idle = asyncio.Event()
         self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
 
+    def close(self) -> None:
+        """After drain: stop the decode threads (requests still decoding there have been answered)."""
+        self._decoder.shutdown(wait=False, cancel_futures=True)
+
     async def drain(self, timeout: float, quiet: float = 0.1) -> bool:
         """Refuse new requests (UNAVAILABLE, which clients retry elsewhere), wait for those in flight,
         then until no refusal for `quiet` seconds (clients have heard), within `timeout`; True when
@@ -119,6 +138,15 @@ class DataPlane:
         others all the same): a readiness probe must not send traffic to a replica missing a model."""
         return bool(self.store.models) and all(model.ready for model in self.store.models.values()) \
             and not self.draining
+
+    def models(self) -> list[ServedModel]:
+        """Every model the server was asked to serve, ready or not, in name order."""
+        return list(self.store.models.values())
+
+    def model_ready(self, name: str, version: int = 0) -> bool:
+        """Whether `name` (at `version`; 0: any) is loaded and ready; False for a model not served."""
+        model = self.store.models.get(name)
+        return bool(model and model.ready and version in (0, model.version.version))
 
     def model(self, name: str, version: int = 0) -> ServedModel:
         """A ready model (NotFound, or Unavailable with its reason)."""
@@ -172,13 +200,14 @@ class DataPlane:
     async def _infer(self, request: InferRequest, start: float) -> InferResult:
         model = self.model(request.model, request.version)
         labels = model.version.labels
-        top_k = check_top_k(request.top_k, len(labels)) if request.top_k else 0
-        features = requested_features(model, list(request.features))
-        n_images = len(request.batch) if request.batch is not None else len(request.images)
-        self.check_response_size(model, n_images, features, request.feature_itemsize, top_k)
+        top_k = check_top_k(request.top_k, len(labels), request.top_k_field) if request.top_k else 0
+        features = requested_features(model, list(request.features), request.outputs_named)
         limit, side = model.batcher.options.max_batch_size, model.version.input_side
-        if request.batch is not None:
-            pixels = check_batch(request.batch, limit, side)
+        batch = check_batch(request.batch, limit, side) if request.batch is not None else None
+        n_images = len(batch) if batch is not None else len(request.images)
+        self.check_response_size(model, n_images, features, request.feature_itemsize, top_k)
+        if batch is not None:
+            pixels = batch
         elif sum(len(i.data) for i in request.images if isinstance(i, EncodedImage)) <= INLINE_DECODE_BYTES:
             pixels = decode_images(request.images, limit, side)
         else:
@@ -198,8 +227,9 @@ class DataPlane:
                             top_k: int) -> None:
         """Refuse before compute a response that would exceed the message limit, saying by how much."""
         values = model.version.output_values
-        per_image = PER_IMAGE_OVERHEAD_BYTES + top_k * PER_PREDICTION_BYTES + sum(
-            values[name] * itemsize + PER_OUTPUT_OVERHEAD_BYTES for name in [LOGITS, *features])
+        overhead = RESPONSE_OVERHEAD_BYTES
+        per_image = overhead["per_image"] + top_k * overhead["per_prediction"] + sum(
+            values[name] * itemsize + overhead["per_output"] for name in [LOGITS, *features])
         size = n_images * per_image
         if size > self.max_response_bytes:
             fits = max(self.max_response_bytes // per_image, 0)
@@ -209,25 +239,34 @@ class DataPlane:
                 f"images or feature maps, use float16 feature maps, or raise --max-message-mb")
 
 
-def check_top_k(top_k: int, classes: int) -> int:
+def check_top_k(top_k: int, classes: int, field: str = "top_k") -> int:
     if not 1 <= top_k <= classes:
-        raise InvalidArgument(f"top_k {top_k} is out of range: it must be between 1 and {classes} "
+        raise InvalidArgument(f"{field} {top_k} is out of range: it must be between 1 and {classes} "
                               f"(the number of classes)")
     return top_k
 
 
-def requested_features(model: ServedModel, requested: list[str]) -> list[str]:
+def requested_features(model: ServedModel, requested: list[str], outputs_named: bool = False) -> list[str]:
+    """The requested feature maps in the model's order: by cnnserve.v1's rule ("all" means every one), or
+    as KServe's outputs, where the logits are an output too and "all" is just a name."""
+    if outputs_named:
+        available = [LOGITS, *model.feature_names]
+        unknown = [name for name in requested if name not in available]
+        if unknown:
+            raise NotFound(f"model {model.name} has no output {', '.join(quote(n) for n in unknown[:10])}; "
+                           f"it has: {', '.join(available)}")
+        return [name for name in model.feature_names if name in requested]
     try:
         return select_features(model.feature_names, requested)
     except UnknownFeatures as error:
         raise NotFound(f"model {model.name} has {error}") from None
 
 
-def check_count(n: int, limit: int) -> None:
+def check_count(n: int, limit: int, field: str = "images") -> None:
     if n == 0:
-        raise InvalidArgument("images is empty: send at least one image")
+        raise InvalidArgument(f"{field} is empty: send at least one image")
     if n > limit:
-        raise InvalidArgument(f"images has {n} images; the limit for one request is {limit}")
+        raise InvalidArgument(f"{field} has {n} images; the limit for one request is {limit}")
 
 
 def decode_images(images: Sequence[EncodedImage | PixelImage], limit: int, side: int) -> np.ndarray:
@@ -254,14 +293,27 @@ def all_raw_pixels(images: Sequence[EncodedImage | PixelImage], side: int) -> bo
                and list(image.shape) in shapes for image in images)
 
 
-def check_batch(batch: np.ndarray, limit: int, side: int) -> np.ndarray:
-    """A whole batch of raw pixels: uint8 [N, 1, side, side] or [N, side, side]."""
-    if batch.dtype != np.uint8:
-        raise InvalidArgument(f"the image tensor has datatype {batch.dtype}; it must be uint8 (pixels 0..255)")
-    if batch.ndim == 3:
-        batch = batch[:, None]
-    if batch.ndim != 4 or batch.shape[1:] != (1, side, side):
-        raise InvalidArgument(f"the image tensor has shape {list(batch.shape)[:8]}; it must be "
-                              f"[N, 1, {side}, {side}] or [N, {side}, {side}]")
-    check_count(len(batch), limit)
-    return batch
+def check_batch(batch: PixelBatch, limit: int, side: int) -> np.ndarray:
+    """The one check of a whole batch of raw pixels, whichever protocol carried it: uint8, [N, 1, side, side]
+    or [N, side, side], the bytes or values the shape needs, 1..limit images; no allocation before it passes."""
+    field, shape = batch.field, list(batch.shape)
+    if batch.dtype != batch.uint8_name:
+        raise InvalidArgument(f"{field}.dtype {quote(batch.dtype)} must be {batch.uint8_name} (pixels 0..255)")
+    wanted = f"[N, 1, {side}, {side}] or [N, {side}, {side}]"
+    if not 3 <= len(shape) <= 4 or any(d <= 0 for d in shape):
+        raise InvalidArgument(f"{field}.shape {shape[:8]} must be {wanted}")
+    count = math.prod(shape)      # Python ints: exact however large the client's dimensions
+    if batch.data is not None and count != len(batch.data):
+        raise InvalidArgument(f"{field}.shape {shape} needs {count:,} bytes; {field}.data has {len(batch.data):,}")
+    sent = len(batch.values) if batch.values is not None else 0
+    if batch.data is None and count != sent:
+        raise InvalidArgument(f"{field}.shape {shape} needs {count:,} values; the request has {sent:,}")
+    if shape[-2:] != [side, side] or len(shape) == 4 and shape[1] != 1:
+        raise InvalidArgument(f"{field}.shape {shape} must be {wanted}")
+    check_count(shape[0], limit, field)
+    if batch.data is not None:
+        return np.frombuffer(batch.data, dtype=np.uint8).reshape(shape[0], 1, side, side)
+    values = np.asarray(batch.values, dtype=np.int64)
+    if values.min() < 0 or values.max() > 255:
+        raise InvalidArgument(f"{field}: {batch.uint8_name} values must be in 0..255")
+    return values.astype(np.uint8).reshape(shape[0], 1, side, side)

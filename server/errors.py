@@ -41,7 +41,3 @@ class Unavailable(ServiceError):
 
 class DeadlineExceeded(ServiceError):
     status = "DEADLINE_EXCEEDED"
-
-
-class Cancelled(ServiceError):
-    status = "CANCELLED"

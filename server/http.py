@@ -28,15 +28,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cnnserve.spec import INPUT_NAME, LOGITS, parse_decimal
-from server.dataplane import DataPlane, EncodedImage, InferRequest, InferResult
+from server.dataplane import RESPONSE_OVERHEAD_BYTES, DataPlane, EncodedImage, InferRequest, InferResult, PixelBatch
 from server.errors import InvalidArgument, ResourceExhausted, ServiceError
-from server.explorer import explorer_routes
 from server.http_guard import MAX_HEADER_BYTES, GuardedH11Protocol, HeaderLimit, TokenCheck, json_http_error
-from server.kserve import (
+from server.kserve_protocol import (
     EXTENSIONS,
     PLATFORM,
     classification_strings,
-    image_batch,
+    image_input,
     model_statistics,
     parse_version,
     repository_index,
@@ -46,6 +45,7 @@ from server.kserve import (
     tensor_metadata,
 )
 from server.security import SecurityOptions
+from server.startup import StartupError
 
 if TYPE_CHECKING:
     from server.app import ServerConfig
@@ -57,7 +57,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 # A JSON part costs ~30 bytes of Python objects per number once parsed; 64 images as JSON numbers
 # are about 200 kB, so JSON beyond this is refused before parsing (binary tensors have no such cost).
 MAX_JSON_BYTES = 4 * 2**20
-# HTTP-only extensions (the explorer page uses them; README "Feature-map explorer"): PNG/JPEG files as a
+# HTTP-only extensions (the explorer page uses them; docs/explorer.md): PNG/JPEG files as a
 # BYTES input that the server fits to the model, the fitted pixels back as an output, float16 feature maps.
 ENCODED_INPUT = "image_encoded"
 FEATURE_DATATYPES = {"FP32": "<f4", "FP16": "<f2"}
@@ -83,7 +83,7 @@ def guarded_endpoint(handler):
 
 
 class KServeHttp:
-    def __init__(self, dataplane: DataPlane, max_body_bytes: int, security: SecurityOptions):
+    def __init__(self, dataplane: DataPlane, max_body_bytes: int):
         self.dataplane = dataplane
         self.max_body_bytes = max_body_bytes
         endpoint = guarded_endpoint
@@ -97,10 +97,7 @@ class KServeHttp:
                        Route(path + "/config", endpoint(self.model_config)),
                        Route(path + "/stats", endpoint(self.model_stats)),
                        Route(path + "/infer", endpoint(self.infer), methods=["POST"])]
-        self.app = Starlette(routes=routes + explorer_routes(), exception_handlers={HTTPException: json_http_error},
-                             middleware=[Middleware(HeaderLimit),
-                                         Middleware(TokenCheck, token=security.token,
-                                                    open_names=security.open_without_token)])
+        self.routes = routes
 
     def model(self, request: Request):
         return self.dataplane.model(request.path_params["name"], parse_version(request.path_params.get("version", "")))
@@ -127,10 +124,11 @@ class KServeHttp:
         """What a client cannot learn from the tensors: where it runs, whether its answers mean anything, and
         how large a response may be (HTTP only; the gRPC ModelMetadata message has no such field)."""
         meta = model.version.metadata
-        parameters = {"provider": model.runtime.provider, "trained": bool(meta["trained"]),
-                      "max_response_bytes": self.dataplane.max_response_bytes}
-        if meta.get("test_acc") is not None:
-            parameters["test_acc"] = meta["test_acc"]
+        parameters = {"provider": model.runtime.provider, "trained": meta.trained,
+                      "max_response_bytes": self.dataplane.max_response_bytes,
+                      **{f"response_bytes_{part}": size for part, size in RESPONSE_OVERHEAD_BYTES.items()}}
+        if meta.test_acc is not None:
+            parameters["test_acc"] = meta.test_acc
         return parameters
 
     async def model_ready(self, request: Request) -> Response:
@@ -167,10 +165,11 @@ class KServeHttp:
             raise InvalidArgument(f"inputs must be a list of one tensor, {INPUT_NAME!r} or {ENCODED_INPUT!r}")
         batch, images = model_input(inputs[0], binary, model)
         requested = requested_outputs(header.get("outputs"))
-        features, classification = selected_outputs(model, [(n, k) for n, k, _, _ in requested if n != INPUT_NAME or k])
+        features, classification = selected_outputs([(n, k) for n, k, _, _ in requested if n != INPUT_NAME or k])
         result = await self.dataplane.infer(InferRequest(
             model=model.name, version=model.version.version, batch=batch, images=images, features=features,
-            top_k=max(classification.values(), default=0), feature_itemsize=feature_itemsize(requested, features),
+            outputs_named=True, top_k=classification, top_k_field="classification",
+            feature_itemsize=feature_itemsize(requested, features),
             caller=f"http:{request.client.host}:{request.client.port}" if request.client else "http"))
         outputs, blobs = [], []
         for name, k, as_binary, datatype in requested:
@@ -237,7 +236,7 @@ def parameters_of(tensor: dict, where: str) -> dict:
     return parameters
 
 
-def input_tensor(tensor: dict, binary: memoryview) -> np.ndarray:
+def input_tensor(tensor: dict, binary: memoryview) -> PixelBatch:
     shape, datatype = tensor.get("shape"), tensor.get("datatype")
     if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
         raise InvalidArgument(f"input {INPUT_NAME!r}: shape must be a list of integers")
@@ -246,15 +245,15 @@ def input_tensor(tensor: dict, binary: memoryview) -> np.ndarray:
         if not isinstance(size, int) or size != len(binary):
             raise InvalidArgument(f"input {INPUT_NAME!r}: binary_data_size {str(size)[:20]} does not match the "
                                   f"{len(binary):,} bytes after the JSON header")
-        return image_batch(str(tensor.get("name"))[:200], str(datatype), shape, binary)
+        return image_input(str(tensor.get("name"))[:200], str(datatype)[:100], shape, binary)
     try:
         values = np.asarray(tensor.get("data"), dtype=np.int64).reshape(-1)
     except (TypeError, ValueError, OverflowError):
         raise InvalidArgument(f"input {INPUT_NAME!r}: data must be a (nested) list of integers") from None
-    return image_batch(str(tensor.get("name"))[:200], str(datatype), shape, None, values)
+    return image_input(str(tensor.get("name"))[:200], str(datatype)[:100], shape, None, values)
 
 
-def model_input(tensor: dict, binary: memoryview, model) -> tuple[np.ndarray | None, list[EncodedImage]]:
+def model_input(tensor: dict, binary: memoryview, model) -> tuple[PixelBatch | None, list[EncodedImage]]:
     """The `image` pixels as sent, or the `image_encoded` PNG/JPEG files, which the data plane fits to the
     model's input as it does cnnserve.v1's encoded images, so a browser can send a file as it is (and ask
     for the `image` output to see what the model saw)."""
@@ -325,20 +324,21 @@ class EmbeddedServer(uvicorn.Server):
 class HttpFront:
     """uvicorn on the server's event loop, its socket bound before the models load so a busy port fails at once."""
 
-    def __init__(self, dataplane: DataPlane, config: ServerConfig, security: SecurityOptions):
+    def __init__(self, config: ServerConfig, security: SecurityOptions, routes: list):
         host, port = config.host, config.http_port
         try:
-            self.socket = socket.create_server((host, port), reuse_port=config.reuse_port)   # --workers share it
+            self.socket = socket.create_server((host, port), reuse_port=config.slot.reuse_port)   # --workers share it
             # accepted connections inherit it: no Nagle wait on a response's separate writes
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as error:
-            raise SystemExit(f"error: --http-port {port}: cannot listen on {host}:{port} "
-                             f"({error.strerror or error})") from None
+            raise StartupError(f"--http-port {port}: cannot listen on {host}:{port} ({error.strerror or error})") from None
         tls = {} if not security.tls else {
             "ssl_certfile": str(security.tls_cert), "ssl_keyfile": str(security.tls_key),
             **({"ssl_ca_certs": str(security.tls_client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
                if security.tls_client_ca else {})}
-        app = KServeHttp(dataplane, config.max_message_mb * 2**20, security).app
+        app = Starlette(routes=routes, exception_handlers={HTTPException: json_http_error},
+                        middleware=[Middleware(HeaderLimit),
+                                    Middleware(TokenCheck, token=security.token, open_names=security.open_without_token)])
         protocol = GuardedH11Protocol.limited(config.http_header_timeout_s, config.http_max_connections)
         self.server = EmbeddedServer(uvicorn.Config(
             app, log_level="warning", access_log=False, timeout_keep_alive=30, timeout_graceful_shutdown=10,

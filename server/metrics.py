@@ -9,8 +9,8 @@ sums its own live totals with the others' files.
 Counting happens on the event loop, once per request and once per ONNX Runtime run, into plain integers;
 Prometheus reads them when it scrapes, through a custom collector (prometheus_client's API for numbers kept
 elsewhere). prometheus_client's own Counter and Histogram objects take a lock per increment and walk the
-buckets in Python: measured at ~8 us of the ~75 us a single-image request cost the handlers
-(bench/handler_cpu.py, with these calls and without).
+buckets in Python, a cost every request would pay on the loop that all requests share (measured by
+`python bench/handler_cpu.py`, with these calls and without; bench/HISTORY.md, f60e1cb).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
@@ -221,16 +221,13 @@ class Metrics:
             family.add_metric([worker], count)
         return family
 
-    def exposition(self) -> str:
-        """The Prometheus text format, as /metrics serves it."""
-        return generate_latest(self.registry).decode()
-
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         start_http_server(port, addr=host, registry=self.registry)
 
 
 def sample_value(exposition: str, name: str, **labels: str) -> float:
-    """The value of one sample (e.g. `cnnserve_batch_size_count`) in Prometheus text, 0 when absent."""
+    """The value of one sample (e.g. `cnnserve_batch_size_count`) in a scrape of these series, 0 when absent.
+    The server never reads its own series; this is for those who scrape it: the benchmarks and the tests."""
     for family in text_string_to_metric_families(exposition):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):

@@ -1,16 +1,16 @@
 """The models a server runs: each loaded, verified, warmed up and given a batcher, or refused
-with its reason. The protocol adapters (gRPC today) look models up here."""
+with its reason. The data plane, and through it every protocol adapter, looks models up here."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from cnnserve.repository import ModelVersion, RepositoryError, list_model_dirs, load_version, max_run_images
 from server.batcher import CALLER_BATCHES, QUEUED_BATCHES, Batcher, BatchingOptions
 from server.core_share import CoreShare
 from server.errors import NotFound, Unavailable, quote
 from server.metrics import Metrics
-from server.repository import ModelVersion, RepositoryError, list_model_dirs, load_version, max_run_images
 from server.runtime import ModelRuntime, RuntimeOptions
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,9 @@ class ModelStore:
         model.batcher = Batcher(model.name, runtime, options, self.metrics.batch_observer(model.name))
         log.info("model %s v%d loaded on %s (%s, sha256 %s…), warmed up in %.2f s; batching up to %d images, "
                  "%.1f ms delay, %d per run", model.name, version.version, runtime.provider,
-                 "trained" if version.metadata["trained"] else "UNTRAINED", version.metadata["sha256"][:12],
+                 "trained" if version.metadata.trained else "UNTRAINED", version.metadata.sha256[:12],
                  warmup_s, options.max_batch_size, options.max_queue_delay_s * 1e3, options.run_images)
-        if not version.metadata["trained"]:
+        if not version.metadata.trained:
             log.warning("model %s v%d is UNTRAINED (random weights): its answers are chance; ModelInfo.trained "
                         "is false", model.name, version.version)
 
@@ -114,8 +114,8 @@ class ModelStore:
 def check_graph(version: ModelVersion, runtime: ModelRuntime) -> None:
     """The metadata must describe the graph: its input, and outputs that the graph has."""
     where = f"{version.name}/{version.version}/metadata.json"
-    if version.metadata["input"]["name"] != runtime.input_name:
-        raise RepositoryError(f"{where}: input.name {version.metadata['input']['name']!r} is not the graph's "
+    if version.metadata.input.name != runtime.input_name:
+        raise RepositoryError(f"{where}: input.name {version.metadata.input.name!r} is not the graph's "
                               f"input {runtime.input_name!r}")
     missing = [name for name in version.output_shapes if name not in runtime.output_names]
     if missing:

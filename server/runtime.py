@@ -97,10 +97,9 @@ def _session(model_path: Path, options: RuntimeOptions, threads: int) -> ort.Inf
     session_options.intra_op_num_threads = threads
     session_options.inter_op_num_threads = 1
     session_options.graph_optimization_level = GRAPH_OPTIMIZATION[options.graph_optimization]
-    # ONNX Runtime's pool threads spin while they wait for work. Within a run that saves a wake-up per
-    # operator (lenet_bn batch 64: 0.65 against 0.75-0.81 ms, no more CPU); between runs it takes the
-    # cores from the event loop (once a third to a half of the server's CPU), so spinning stops as
-    # each run returns.
+    # ONNX Runtime's pool threads spin while they wait for work. Within a run that saves a thread wake-up
+    # per operator; between runs it would take the cores from the event loop, so spinning stops as each
+    # run returns (measurements: bench/HISTORY.md, 6808c44; tests/test_server.py checks both halves).
     session_options.add_session_config_entry("session.intra_op.allow_spinning", "1")
     session_options.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(str(model_path), session_options, providers=providers_for(options.device))

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import grpc
 
+from server.startup import StartupError
+
 KSERVE = "/inference.GRPCInferenceService/"
 # What each --auth-open name opens: gRPC method prefixes, and HTTP paths (a path ending in "/" opens
 # what lies below it; "/" itself only the page).
@@ -43,24 +45,24 @@ def read_file(path: Path, flag: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as error:
-        raise SystemExit(f"error: {flag} {path}: {error.strerror or error}") from None
+        raise StartupError(f"{flag} {path}: {error.strerror or error}") from None
 
 
 def load(options: SecurityOptions) -> SecurityOptions:
     """Check the combination and read the token once; a mistake is a one-line start-up error."""
     if (options.tls_cert is None) != (options.tls_key is None):
-        raise SystemExit("error: --tls-cert and --tls-key go together")
+        raise StartupError("--tls-cert and --tls-key go together")
     if options.tls_client_ca and not options.tls_cert:
-        raise SystemExit("error: --tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
+        raise StartupError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
     unknown = [name for name in options.open_without_token if name not in OPENABLE]
     if unknown:
-        raise SystemExit(f"error: --auth-open: unknown {', '.join(unknown)}; choose from {', '.join(OPENABLE)} or none")
+        raise StartupError(f"--auth-open: unknown {', '.join(unknown)}; choose from {', '.join(OPENABLE)} or none")
     token = None
     if options.auth_token_file:
         lines = read_file(options.auth_token_file, "--auth-token-file").decode(errors="replace").splitlines()
         token = lines[0].strip().encode() if lines else b""
         if len(token) < 16:
-            raise SystemExit("error: --auth-token-file: the token (its first line) must be at least 16 characters")
+            raise StartupError("--auth-token-file: the token (its first line) must be at least 16 characters")
     return SecurityOptions(options.tls_cert, options.tls_key, options.tls_client_ca, options.auth_token_file,
                            options.open_without_token, token)
 
@@ -71,7 +73,7 @@ def server_credentials(options: SecurityOptions) -> grpc.ServerCredentials:
     try:
         return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
     except (RuntimeError, ValueError) as error:
-        raise SystemExit(f"error: the TLS certificate or key is not usable ({error})") from None
+        raise StartupError(f"the TLS certificate or key is not usable ({error})") from None
 
 
 def open_grpc_prefixes(open_names: tuple[str, ...]) -> tuple[str, ...]:

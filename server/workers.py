@@ -5,12 +5,12 @@ a worker that dies is replaced) and forwards SIGTERM/SIGINT. Each worker's metri
 totals through a private temporary directory, `server/metrics.py`).
 
 The workers share the cores: unless `--threads` says otherwise, each worker's ONNX Runtime sessions
-get cores / workers intra-op threads (at least one), not one per core each. On 2 cores,
-`python bench/side_by_side.py --a "--workers 2 --threads 2" --b "--workers 2 --threads 1" --model resnet18
---concurrency 32` (4 interleaved rounds of 8 s): 275.5 images/s (263-281) with one thread per worker
-against 228.0 (212-237) with two each, p99 157 (138-184) against 202 (168-218) ms. And so that a lone
-request still gets all the cores, each model has a second session with one thread per core, which a
-long run takes while the other workers are idle (`server/core_share.py`)."""
+get cores / workers intra-op threads (at least one), not one per core each, because busy workers
+with a thread per core each oversubscribe the cores, which costs both throughput and latency
+(measured by `python bench/side_by_side.py --a "--workers 2 --threads 2" --b "--workers 2
+--threads 1" --model resnet18 --concurrency 32`). So that a lone request still gets all the cores,
+each model also has a session with one thread per core, which a long run takes while the other
+workers are idle (`server/core_share.py`)."""
 from __future__ import annotations
 
 import json
@@ -25,9 +25,10 @@ from collections.abc import MutableSequence
 from dataclasses import replace
 from pathlib import Path
 
-from server.app import ServerConfig, configure_logging, serve
+from server.app import ServerConfig, WorkerSlot, configure_logging, serve
 from server.cpu_limit import cpu_limit
 from server.metrics import RESTARTS_FILE
+from server.startup import exit_on_startup_error
 
 log = logging.getLogger("server")
 RESTART_BACKOFF_S = 0.5         # before replacing a worker that died after serving a while
@@ -38,7 +39,7 @@ STARTUP_S = 60.0                # a worker failing with an error this soon after
 
 def _worker(config: ServerConfig) -> None:
     configure_logging()
-    serve(config)
+    exit_on_startup_error(lambda: serve(config))
 
 
 def run_workers(config: ServerConfig, workers: int) -> None:
@@ -58,7 +59,8 @@ def worker_configs(config: ServerConfig, workers: int, shared: Path, cpus: int,
     if runtime.intra_op_threads == 0:
         share = max(1, cpus // workers)
         runtime = replace(runtime, intra_op_threads=share, solo_threads=cpus if cpus > share else 0)
-    return [replace(config, runtime=runtime, worker=index, shared_statistics=shared, busy_workers=busy,
+    return [replace(config, runtime=runtime, slot=WorkerSlot(index, reuse_port=True, shared_statistics=shared,
+                                                              busy_workers=busy),
                     metrics_port=None if config.metrics_port is None else config.metrics_port + index)
             for index in range(workers)]
 

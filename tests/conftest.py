@@ -1,9 +1,31 @@
-"""Shared fixtures: the real Fashion-MNIST files, found as the command-line tools find them."""
+"""Shared fixtures: the real Fashion-MNIST files, found as the command-line tools find them; the shipped
+trained lenet_bn (no test trains a model unless training is what it tests); and one real server per module.
+
+With CNNSERVE_NO_SKIPS=1 (CI sets it) a skipped test fails the run: CI installs everything every test needs,
+so a skip there means a check silently did not run."""
+import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("CNNSERVE_NO_SKIPS") == "1" and _skipped and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if os.environ.get("CNNSERVE_NO_SKIPS") == "1" and _skipped:
+        terminalreporter.write_line(f"CNNSERVE_NO_SKIPS: {len(_skipped)} test(s) skipped, which CI does not allow: "
+                                    + ", ".join(_skipped[:20]), red=True)
 
 
 @pytest.fixture(scope="session")
@@ -21,20 +43,30 @@ def fashion(data_dir):
 
 
 @pytest.fixture(scope="session")
-def lenet_bn_checkpoint(tmp_path_factory, fashion) -> Path:
-    """A lenet_bn trained for one epoch of the modern recipe on the CPU, made once per session."""
-    from models.recipes import make_config
-    from models.train import run
-    config = make_config("lenet_bn", "modern", epochs=1, device="cpu")
-    return run(config, fashion, tmp_path_factory.mktemp("checkpoints"), progress=False)
+def lenet_bn_checkpoint(tmp_path_factory) -> Path:
+    """The shipped lenet_bn weights written as a training checkpoint, as `python -m models.train` writes
+    one: the export tests start from a checkpoint without training one (tests/test_train.py trains)."""
+    from models import create_model
+    from models.checkpoint import save_checkpoint
+    from models.pretrained import get_weights
+    from models.recipes import TrainConfig
+    weights = get_weights("lenet_bn")
+    path = tmp_path_factory.mktemp("checkpoints") / "lenet_bn" / "shipped.pt"
+    save_checkpoint(path, create_model("lenet_bn", weights="fashion-mnist"), TrainConfig(**weights.config),
+                    {"test_acc": weights.test_acc, "device": weights.device})
+    return path
 
 
 @pytest.fixture(scope="session")
-def trained_repository(tmp_path_factory, lenet_bn_checkpoint, data_dir) -> Path:
-    """A model repository holding the trained lenet_bn above, with all its feature maps."""
-    from export.onnx import export
+def trained_repository(tmp_path_factory) -> Path:
+    """A model repository holding the shipped, trained lenet_bn (version 1 as git holds it, with all
+    its feature maps), copied so no test depends on what an earlier command wrote beside it."""
+    import shutil
     repository = tmp_path_factory.mktemp("trained_repository")
-    export("lenet_bn", repository, checkpoint=str(lenet_bn_checkpoint), data_dir=str(data_dir))
+    shipped = ROOT / "model_repository" / "lenet_bn"
+    shutil.copytree(shipped / "1", repository / "lenet_bn" / "1")
+    for name in ("config.pbtxt", "labels.txt"):
+        shutil.copy(shipped / name, repository / "lenet_bn" / name)
     return repository
 
 
@@ -63,20 +95,39 @@ def server(serving_repository, tmp_path_factory):
     assert process.stop() == 0, process.log()
 
 
+def copy_committed_models(destination: Path) -> Path:
+    """Each model of `model_repository/` that git ships as an ONNX file, version 1 as git holds it."""
+    import shutil
+    import subprocess
+    tracked = subprocess.run(["git", "ls-files", "model_repository"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    for name in sorted({path.split("/")[1] for path in tracked if path.endswith("/1/model.onnx")}):
+        shutil.copytree(ROOT / "model_repository" / name / "1", destination / name / "1")
+        for file in ("config.pbtxt", "labels.txt"):
+            shutil.copy(ROOT / "model_repository" / name / file, destination / name / file)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def committed_repository(tmp_path_factory) -> Path:
+    """The models the default repository ships as ONNX files (lenet, lenet_bn, googlenet, densenet), as git
+    holds them: what the fast tests serve, with nothing built."""
+    return copy_committed_models(tmp_path_factory.mktemp("committed_repository"))
+
+
 @pytest.fixture(scope="session")
 def shipped_repository(tmp_path_factory) -> Path:
-    """A copy of the default repository as `python -m server` serves it on a fresh clone: each model's
-    version 1 as git holds it, and the models that ship as weights only built from them as the first
-    start builds them (copied when this checkout has built them already), so no test depends on what
-    an earlier command wrote into `model_repository/`."""
-    import shutil
-
+    """A copy of the default repository as `python -m server` serves it on a fresh clone: the committed
+    models, and the models that ship as weights only built from them as the first start builds them
+    (copied when this checkout has built them already), so no test depends on what an earlier command
+    wrote into `model_repository/`. Building takes minutes on a fresh clone: slow tests only."""
     from cnnserve.default_repository import LOCK_FILE
     from export.defaults import build_missing
     from models import list_models
-    copy = tmp_path_factory.mktemp("shipped_repository")
-    for model_dir in sorted((ROOT / "model_repository").iterdir()):
-        if model_dir.is_dir() and (model_dir / "1").is_dir():
+    import shutil
+    copy = copy_committed_models(tmp_path_factory.mktemp("shipped_repository"))
+    for model_dir in sorted((ROOT / "model_repository").iterdir()):     # built here already: rebuilt if stale
+        if (model_dir / "1").is_dir() and not (copy / model_dir.name).exists():
             shutil.copytree(model_dir / "1", copy / model_dir.name / "1")
             for name in ("config.pbtxt", "labels.txt"):
                 shutil.copy(model_dir / name, copy / model_dir.name / name)

@@ -1,4 +1,4 @@
-"""The data plane alone, over a fake runtime: no server, no sockets, no ONNX Runtime, no files.
+"""The data plane alone, over a fake runtime (tests/fakes.py): no server, no sockets, no ONNX Runtime, no files.
 What every protocol adapter relies on: lookup, checks and their messages, feature selection,
 the response budget, top-k, and the statistics."""
 import asyncio
@@ -6,39 +6,26 @@ import multiprocessing
 
 import numpy as np
 import pytest
+from fakes import FakeRuntime, logits_of
+from prometheus_client import generate_latest
 from tritonclient.grpc import model_config_pb2 as mc
 
+from cnnserve.metadata import ModelMetadata
+from cnnserve.repository import ModelVersion
 from cnnserve.spec import CLASSES
 from server.batcher import Batcher, BatchingOptions
 from server.core_share import CoreShare
-from server.dataplane import DataPlane, EncodedImage, InferRequest, PixelImage, decode_images
+from server.dataplane import DataPlane, EncodedImage, InferRequest, PixelBatch, PixelImage, decode_images
 from server.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from server.metrics import Metrics, sample_value
 from server.model_store import ModelStore, ServedModel
-from server.repository import ModelVersion
-
-
-class FakeRuntime:
-    """logits[i] = arange(10) shifted by image i's first pixel; conv1: 2 channels of 3×3."""
-    output_names = ["logits", "conv1"]
-
-    def __init__(self):
-        self.runs = 0
-        self.on_run = lambda: None
-
-    def run(self, images, outputs, may_use_all_cores=False):
-        self.runs += 1
-        self.on_run()
-        first = images[:, 0, 0, 0].astype(np.float32)
-        values = {"logits": np.arange(10, dtype=np.float32)[None, :] * (1 + first[:, None]),
-                  "conv1": np.ones((len(images), 2, 3, 3), dtype=np.float32)}
-        return {name: values[name] for name in outputs}
 
 
 def served(name: str, runtime: FakeRuntime, metrics: Metrics, max_batch: int = 8) -> ServedModel:
-    metadata = {"input": {"name": "image", "dtype": "uint8", "shape": [-1, 1, 28, 28]}, "labels": list(CLASSES),
-                "outputs": [{"name": "logits", "shape": [-1, 10]}, {"name": "conv1", "shape": [-1, 2, 3, 3]}],
-                "trained": True, "test_acc": 0.9, "sha256": "0" * 64}
+    metadata = ModelMetadata.from_json({
+        "input": {"name": "image", "dtype": "uint8", "shape": [-1, 1, 28, 28]}, "labels": list(CLASSES),
+        "outputs": [{"name": "logits", "shape": [-1, 10]}, {"name": "conv1", "shape": [-1, 2, 3, 3]}],
+        "trained": True, "test_acc": 0.9, "model_file": "model.onnx", "sha256": "0" * 64})
     version = ModelVersion(name, 1, None, metadata, mc.ModelConfig(name=name))
     batcher = Batcher(name, runtime, BatchingOptions(max_batch_size=max_batch), metrics.batch_observer(name))
     return ServedModel(name, version, runtime, batcher)
@@ -74,12 +61,12 @@ def test_top_k_features_and_rows_per_image(infer):
     assert result.features == ["conv1"] and result.outputs["conv1"].shape == (2, 2, 3, 3)
     assert result.top_indices.tolist() == [[9, 8, 7], [9, 8, 7]]
     assert result.top_probabilities[0, 0] > result.top_probabilities[0, 1] > 0
-    assert result.outputs["logits"][1, 9] == 18.0 and result.labels[9] == "Ankle boot"
+    assert (result.outputs["logits"][1] == logits_of(1)).all() and result.labels[9] == "Ankle boot"
 
 
 def test_a_whole_batch_tensor_equals_per_image_tensors(infer):
     batch = np.stack([np.full((1, 28, 28), v, dtype=np.uint8) for v in (3, 5)])
-    one = infer(InferRequest("m", batch=batch)).outputs["logits"]
+    one = infer(InferRequest("m", batch=PixelBatch("batch", "uint8", batch.shape, batch.tobytes()))).outputs["logits"]
     many = infer(InferRequest("m", images=[pixels(3), pixels(5)])).outputs["logits"]
     assert np.array_equal(one, many)
 
@@ -116,14 +103,16 @@ def test_a_worker_is_busy_for_the_others_while_it_has_requests_in_flight(plane, 
     (InferRequest("m", images=[pixels(0)] * 8, features=["all"]), ResourceExhausted, "over the server's message limit"),
     (InferRequest("m", images=[EncodedImage(b"not an image")]), InvalidArgument, "images[0].encoded"),
     (InferRequest("m", images=[PixelImage([28, 27], "uint8", b"")]), InvalidArgument, "images[0].tensor.shape"),
-    (InferRequest("m", batch=np.zeros((1, 1, 28, 28), np.float32)), InvalidArgument, "must be uint8"),
-    (InferRequest("m", batch=np.zeros((1, 2, 28, 28), np.uint8)), InvalidArgument, "[N, 1, 28, 28]"),
+    (InferRequest("m", batch=PixelBatch("batch", "float32", [1, 1, 28, 28], bytes(4 * 784))), InvalidArgument,
+     "must be uint8"),
+    (InferRequest("m", batch=PixelBatch("batch", "uint8", [1, 2, 28, 28], bytes(2 * 784))), InvalidArgument,
+     "[N, 1, 28, 28]"),
 ])
 def test_refusals_name_the_field_and_the_limit_before_compute(infer, runtime, request_, error, fragment):
     with pytest.raises(error) as raised:
         infer(request_)
     assert fragment in raised.value.message and len(raised.value.message) < 400
-    assert runtime.runs == 0
+    assert runtime.batches == []
 
 
 def test_statistics_and_metrics_count_every_outcome(plane, infer):
@@ -132,7 +121,7 @@ def test_statistics_and_metrics_count_every_outcome(plane, infer):
         infer(InferRequest("m", images=[pixels(0)], top_k=99))
     stats = plane.metrics.stats["m"]
     assert (stats.success_count, stats.fail_count, stats.inference_count, stats.execution_count) == (1, 1, 3, 1)
-    exposition = plane.metrics.exposition()
+    exposition = generate_latest(plane.metrics.registry).decode()     # what a scrape of /metrics gets
     assert sample_value(exposition, "cnnserve_requests_total", model="m", code="INVALID_ARGUMENT") == 1
     assert sample_value(exposition, "cnnserve_requests_total", model="m", code="OK") == 1
     assert sample_value(exposition, "cnnserve_batch_size_sum", model="m") == 3

@@ -14,11 +14,11 @@ from client.cli import encoded_image
 from client.spawn import ROOT, SpawnedServer
 from cnnserve.default_repository import WEIGHTS_INDEX, models_to_build, shipped_weights
 from cnnserve.proto import classifier_pb2 as pb
+from cnnserve.repository import load_version
 from export.defaults import build_missing
 from models import list_models
 from models.data import CLASSES
 from models.pretrained import INDEX_FILE, WEIGHTS_DIR, get_weights
-from server.repository import load_version
 
 SHIPPED = list_models(trained=True)
 EXAMPLES = sorted((ROOT / "examples").glob("[0-9]-*.png"))
@@ -31,6 +31,7 @@ def default_server(shipped_repository, tmp_path_factory):
     assert server.stop() == 0
 
 
+@pytest.mark.slow     # the default repository as a fresh clone serves it: the first start's build included
 @pytest.mark.parametrize("arch", SHIPPED)
 def test_sample_images_classify_to_their_class_through_the_server(default_server, arch):
     assert len(EXAMPLES) == len(CLASSES)
@@ -43,18 +44,19 @@ def test_sample_images_classify_to_their_class_through_the_server(default_server
     assert sum(p == e for p, e in zip(predicted, expected)) >= 9, predicted
 
 
+@pytest.mark.slow
 def test_photo_like_image_is_fitted_and_classified(default_server):
     request = pb.ClassifyRequest(model="lenet_bn", images=[encoded_image(ROOT / "examples" / "photo-ankle-boot.jpg")])
     response = default_server.stub.Classify(request, timeout=30)
     assert response.results[0].predictions[0].label == "Ankle boot"
 
 
-def test_what_the_first_start_builds_and_what_it_leaves_alone(shipped_repository, tmp_path):
+def test_what_the_first_start_builds_and_what_it_leaves_alone(committed_repository, tmp_path):
     assert WEIGHTS_INDEX == WEIGHTS_DIR / INDEX_FILE and list(shipped_weights()) == SHIPPED
     assert list(models_to_build(tmp_path / "model_repository")) == SHIPPED                # a repository not there yet
     repository = tmp_path / "model_repository"
     for arch in ("lenet", "lenet_bn"):
-        shutil.copytree(shipped_repository / arch, repository / arch)
+        shutil.copytree(committed_repository / arch, repository / arch)
     archs = ["lenet", "lenet_bn"]
     assert models_to_build(repository, archs) == {}
     metadata_path = repository / "lenet" / "1" / "metadata.json"
@@ -70,16 +72,16 @@ def test_what_the_first_start_builds_and_what_it_leaves_alone(shipped_repository
     assert models_to_build(repository, archs)["lenet"].startswith("built from older shipped weights (sha256 000000000000")
     build_missing(repository, archs)                 # what the server runs (as `python -m export.defaults --missing`)
     assert models_to_build(repository, archs) == {}
-    assert load_version(repository / "lenet", 1).metadata["checkpoint"]["sha256"] == get_weights("lenet").sha256
+    assert load_version(repository / "lenet", 1).metadata.checkpoint["sha256"] == get_weights("lenet").sha256
     (repository / "lenet" / "1" / "model.onnx").unlink()
     assert models_to_build(repository, archs) == {"lenet": "not built yet"}
 
 
 @pytest.fixture
-def first_start(shipped_repository, tmp_path) -> Path:
+def first_start(committed_repository, tmp_path) -> Path:
     """A directory to start `python -m server` in: its default repository, `model_repository/`, holds
     lenet_bn and not lenet, as a fresh clone holds the committed models and not those shipped as weights only."""
-    shutil.copytree(shipped_repository / "lenet_bn", tmp_path / "model_repository" / "lenet_bn")
+    shutil.copytree(committed_repository / "lenet_bn", tmp_path / "model_repository" / "lenet_bn")
     return tmp_path
 
 
@@ -106,7 +108,7 @@ def test_the_server_builds_a_missing_default_model_on_first_start_once_without_i
     assert "building lenet into model_repository from the shipped weights" in log          # the server's line
     assert "[1/1] lenet: not built yet; building model_repository/lenet/1 from models/weights/lenet.safetensors" in log
     assert "parity ok" in log and "lenet: rebuilt in" in log and "lenet_bn: rebuilt" not in log   # the build's progress
-    assert load_version(built, 1).metadata["checkpoint"]["sha256"] == get_weights("lenet").sha256
+    assert load_version(built, 1).metadata.checkpoint["sha256"] == get_weights("lenet").sha256
     stamp = (built / "1" / "model.onnx").stat()
 
     again = SpawnedServer(None, ["--models", "lenet,lenet_bn"], cwd=first_start, log_path=first_start / "again.log")
@@ -144,7 +146,7 @@ def test_rebuild_commands_run_end_to_end(tmp_path, data_dir):
         assert result.returncode == 0, result.stderr[-2000:]
         for arch in ("lenet", "lenet_bn"):
             model = load_version(out / arch, 1)
-            assert model.metadata["trained"] and model.metadata["checkpoint"]["config"]["epochs"] == (1 if extra else 10)
+            assert model.metadata.trained and model.metadata.checkpoint["config"]["epochs"] == (1 if extra else 10)
             evaluated = subprocess.run([sys.executable, "-m", "export.evaluate", str(out / arch), "--data-dir", str(data_dir)],
                                        capture_output=True, text=True, cwd=ROOT, timeout=300)
             assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr

@@ -11,8 +11,8 @@ from client.spawn import SpawnedServer
 
 
 @pytest.fixture(scope="module")
-def server(shipped_repository, tmp_path_factory):
-    process = SpawnedServer(shipped_repository, ["--models", "lenet_bn"],
+def server(committed_repository, tmp_path_factory):
+    process = SpawnedServer(committed_repository, ["--models", "lenet_bn"],
                             log_path=tmp_path_factory.mktemp("logs") / "server.log")
     yield process
     assert process.stop() == 0

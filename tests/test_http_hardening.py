@@ -20,8 +20,8 @@ MAX_CONNECTIONS = 16
 
 
 @pytest.fixture(scope="module")
-def server(shipped_repository, tmp_path_factory):
-    process = SpawnedServer(shipped_repository, ["--models", "lenet_bn", "--http-header-timeout", str(HEADER_TIMEOUT_S),
+def server(committed_repository, tmp_path_factory):
+    process = SpawnedServer(committed_repository, ["--models", "lenet_bn", "--http-header-timeout", str(HEADER_TIMEOUT_S),
                                                  "--http-max-connections", str(MAX_CONNECTIONS)],
                             log_path=tmp_path_factory.mktemp("logs") / "server.log", with_http=True)
     yield process
@@ -154,9 +154,9 @@ def test_connections_beyond_the_cap_are_closed_at_once(server):
     assert request(server, "GET", "/v2/health/live")[0] == 200
 
 
-def test_server_readiness_waits_for_every_model(shipped_repository, tmp_path):
-    """While resnet18 loads, /v2/health/ready and KServe ServerReady say not ready even though lenet_bn is."""
-    process = SpawnedServer(shipped_repository, ["--models", "lenet_bn,resnet18,densenet", "--warmup-runs", "20"],
+def test_server_readiness_waits_for_every_model(committed_repository, tmp_path):
+    """While googlenet loads, /v2/health/ready and KServe ServerReady say not ready even though lenet_bn is."""
+    process = SpawnedServer(committed_repository, ["--models", "lenet_bn,googlenet,densenet", "--warmup-runs", "20"],
                             log_path=tmp_path / "s.log", with_http=True, wait=False)
     kserve = tgrpc.InferenceServerClient(process.target)
     seen = []
@@ -166,15 +166,15 @@ def test_server_readiness_waits_for_every_model(shipped_repository, tmp_path):
             try:
                 ready = request(process, "GET", "/v2/health/ready")[0]
                 grpc_ready = kserve.is_server_ready()
-                models = [request(process, "GET", f"/v2/models/{m}/ready")[0] for m in ("lenet_bn", "resnet18", "densenet")]
+                models = [request(process, "GET", f"/v2/models/{m}/ready")[0] for m in ("lenet_bn", "googlenet", "densenet")]
             except (OSError, InferenceServerException):
                 time.sleep(0.05)
                 continue
             seen.append((ready, grpc_ready, tuple(models)))
-            if ready == 200 or grpc_ready:
+            if ready == 200 and grpc_ready:     # the two questions are asked one after the other: both, to end
                 break
             time.sleep(0.01)
-        final_models = [request(process, "GET", f"/v2/models/{m}/ready")[0] for m in ("lenet_bn", "resnet18", "densenet")]
+        final_models = [request(process, "GET", f"/v2/models/{m}/ready")[0] for m in ("lenet_bn", "googlenet", "densenet")]
     finally:
         assert process.stop() == 0, process.log()
     assert seen and (seen[-1][0] == 200 and seen[-1][1]), seen[-5:]

@@ -14,8 +14,8 @@ from models import list_models
 
 
 @pytest.fixture(scope="module")
-def server(shipped_repository, tmp_path_factory):
-    process = SpawnedServer(shipped_repository, log_path=tmp_path_factory.mktemp("logs") / "server.log")
+def server(committed_repository, tmp_path_factory):
+    process = SpawnedServer(committed_repository, log_path=tmp_path_factory.mktemp("logs") / "server.log")
     yield process
     assert process.stop() == 0, process.log()
 
@@ -112,8 +112,8 @@ def test_errors_map_to_the_same_status_as_cnnserve_v1(client, case, status, frag
 # ---- KServe v2 over HTTP/REST (--http-port), with tritonclient.http and plain JSON ----
 
 @pytest.fixture(scope="module")
-def http_server(shipped_repository, tmp_path_factory):
-    process = SpawnedServer(shipped_repository, ["--models", "lenet,lenet_bn"], with_http=True,
+def http_server(committed_repository, tmp_path_factory):
+    process = SpawnedServer(committed_repository, ["--models", "lenet,lenet_bn"], with_http=True,
                             log_path=tmp_path_factory.mktemp("logs") / "server.log")
     yield process
     assert process.stop() == 0, process.log()

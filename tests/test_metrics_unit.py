@@ -2,6 +2,8 @@
 import asyncio
 import logging
 
+from prometheus_client import generate_latest
+
 from server.metrics import Histogram, Metrics, sample_value
 
 
@@ -18,7 +20,7 @@ def test_prometheus_series_show_the_counts():
     metrics.batch_observer("m")(3, 0.002)
     metrics.record("m", "OK", 0.004, images=3, queue_s=0.001, compute_s=0.002)
     metrics.record("m", "NOT_FOUND", 0.0001)
-    text = metrics.exposition()
+    text = generate_latest(metrics.registry).decode()      # what a scrape of /metrics gets
     assert sample_value(text, "cnnserve_requests_total", model="m", code="OK") == 1
     assert sample_value(text, "cnnserve_requests_total", model="m", code="NOT_FOUND") == 1
     assert sample_value(text, "cnnserve_in_flight_requests", model="m") == 1

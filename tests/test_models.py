@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import models
+from models.builders import input_side
 
 BOOK_ORDER = ["lenet", "lenet_bn", "alexnet", "vgg11", "nin", "googlenet", "resnet18", "densenet"]
 BATCH = 2
@@ -35,7 +36,7 @@ def test_unknown_model_names_the_registered_ones():
 
 def test_duplicate_registration_is_refused():
     with pytest.raises(ValueError, match="lenet"):
-        models.register_model("lenet")(lambda *, num_classes=10: None)
+        models.register_model("lenet", input_side=28)(lambda *, num_classes=10: None)
     assert models.list_models() == BOOK_ORDER
 
 
@@ -90,3 +91,16 @@ def test_vgg11_flattens_6272_features():
     assert features["block5"].flatten(1).shape == (BATCH, 6272)
     first_linear = next(m for m in model.stages.fc1.modules() if isinstance(m, nn.Linear))
     assert first_linear.in_features == 6272
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_the_registered_input_side_is_the_models(name):
+    """The side registered beside each builder (read without building the model) is the one it takes."""
+    model, _, _ = _run(name)
+    assert input_side(name) == model.input_side
+
+
+def test_registry_lists_trained_models_and_refuses_unknown_weights():
+    assert set(models.list_models(trained=True)) <= set(BOOK_ORDER) and "lenet" in models.list_models(trained=True)
+    with pytest.raises(ValueError, match="imagenet"):
+        models.create_model("lenet", weights="imagenet")

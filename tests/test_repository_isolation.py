@@ -29,11 +29,11 @@ BREAKAGES = {   # model name: (what to change, the reason's expected words)
 
 
 @pytest.fixture(scope="module")
-def repository(shipped_repository, tmp_path_factory):
+def repository(committed_repository, tmp_path_factory):
     repo = tmp_path_factory.mktemp("isolation")
-    shutil.copytree(shipped_repository / "lenet_bn", repo / "lenet_bn")
+    shutil.copytree(committed_repository / "lenet_bn", repo / "lenet_bn")
     for name, (change, _) in BREAKAGES.items():
-        shutil.copytree(shipped_repository / "lenet", repo / name)
+        shutil.copytree(committed_repository / "lenet", repo / name)
         metadata_path, config_path = repo / name / "1" / "metadata.json", repo / name / "config.pbtxt"
         metadata, config = json.loads(metadata_path.read_text()), config_path.read_text()
         changed = change(metadata, config)

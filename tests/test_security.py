@@ -54,10 +54,10 @@ def pki(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(shipped_repository, pki, tmp_path_factory):
+def server(committed_repository, pki, tmp_path_factory):
     """mTLS and a token, on gRPC and on HTTP."""
     trusted = ClientSecurity(tls_ca=pki / "ca.pem", tls_cert=pki / "client.pem", tls_key=pki / "client.key")
-    process = SpawnedServer(shipped_repository, [
+    process = SpawnedServer(committed_repository, [
         "--models", "lenet_bn", "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
         "--tls-client-ca", str(pki / "ca.pem"), "--auth-token-file", str(pki / "token")],
         with_http=True, security=trusted, log_path=tmp_path_factory.mktemp("logs") / "server.log")
@@ -148,9 +148,9 @@ def test_health_is_open_on_every_protocol_and_the_metrics_port_stays_on_loopback
     assert http_status(f"{base}/v2/models/lenet_bn", TOKEN, context=context) == 200
 
 
-def test_auth_open_none_closes_every_probe_and_page_on_every_protocol(shipped_repository, pki, tmp_path):
+def test_auth_open_none_closes_every_probe_and_page_on_every_protocol(committed_repository, pki, tmp_path):
     token_only = ClientSecurity(token_file=pki / "token")
-    process = SpawnedServer(shipped_repository, ["--models", "lenet_bn", "--auth-token-file", str(pki / "token"),
+    process = SpawnedServer(committed_repository, ["--models", "lenet_bn", "--auth-token-file", str(pki / "token"),
                                                  "--auth-open", "none", "--host", "0.0.0.0"],
                             with_http=True, with_metrics=True, security=token_only, log_path=tmp_path / "s.log")
     try:

@@ -46,8 +46,8 @@ def http_infer(process: SpawnedServer) -> tuple:
     return client.infer("lenet_bn", [tensor]).as_numpy("logits").shape
 
 
-def test_every_port_works_with_two_workers_and_a_killed_worker_is_replaced(shipped_repository, tmp_path):
-    process = SpawnedServer(shipped_repository, ["--models", "lenet_bn", "--workers", "2"],
+def test_every_port_works_with_two_workers_and_a_killed_worker_is_replaced(committed_repository, tmp_path):
+    process = SpawnedServer(committed_repository, ["--models", "lenet_bn", "--workers", "2"],
                             log_path=tmp_path / "s.log", with_http=True, with_metrics=True)
     try:
         wait_for(lambda: len(serving_pids(process.log())) == 2, what="both workers SERVING")
@@ -87,12 +87,12 @@ def test_every_port_works_with_two_workers_and_a_killed_worker_is_replaced(shipp
     assert "workers exited with an error" not in process.log()
 
 
-def test_a_worker_that_fails_at_start_up_stops_the_server_with_its_reason(shipped_repository, tmp_path):
+def test_a_worker_that_fails_at_start_up_stops_the_server_with_its_reason(committed_repository, tmp_path):
     """A start-up error (here: the HTTP port is taken) is not retried forever: the parent exits with it."""
     import socket
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        process = SpawnedServer(shipped_repository, ["--models", "lenet_bn", "--workers", "2", "--http-port", str(port)],
+        process = SpawnedServer(committed_repository, ["--models", "lenet_bn", "--workers", "2", "--http-port", str(port)],
                                 log_path=tmp_path / "s.log", wait=False)
         try:
             code = process.process.wait(60)

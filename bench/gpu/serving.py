@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from client.loadtest import Level, Workload, run_level  # noqa: E402
 from client.spawn import SpawnedServer  # noqa: E402
 from cnnserve.proto import classifier_pb2 as pb  # noqa: E402
-from server.repository import load_version  # noqa: E402
+from cnnserve.repository import load_version  # noqa: E402
 from server.runtime import ModelRuntime, RuntimeOptions, preload_cuda_libraries  # noqa: E402
 
 

@@ -11,10 +11,6 @@ import { drawChannel, drawColorbar, drawFeatureGrid, drawGray, drawVector, featu
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const TOP_K = 5;
-// The server's estimate of a response (server/dataplane.py check_response_size), so the page never asks
-// for more than it may send: per image 64 bytes, per output 64 bytes plus its values.
-const PER_IMAGE_BYTES = 64;
-const PER_OUTPUT_BYTES = 64;
 
 const models = new Map();   // name -> {name, ready, reason, parameters, classes, taps: [{name, shape}]}
 const state = {
@@ -115,9 +111,12 @@ const product = (shape) => shape.reduce((a, b) => a * b, 1);
 const itemsize = () => ($("#precision").value === "FP16" ? 2 : 4);
 const precisionName = () => ($("#precision").value === "FP16" ? "float16" : "float32");
 
+/** The server's estimate of a response, by the rule its model metadata states (`response_bytes_*` parameters),
+ * so the page never asks for more than the server may send: the logits and the taps, each with their framing. */
 function responseBytes(model, taps) {
-  return PER_IMAGE_BYTES + model.classes * itemsize() + PER_OUTPUT_BYTES
-    + taps.reduce((sum, tap) => sum + product(tap.shape) * itemsize() + PER_OUTPUT_BYTES, 0);
+  const p = model.parameters;
+  return p.response_bytes_per_image + model.classes * p.response_bytes_per_prediction   // every class ranked (api.js)
+    + [{ shape: [model.classes] }, ...taps].reduce((sum, tap) => sum + product(tap.shape) * itemsize() + p.response_bytes_per_output, 0);
 }
 
 /** The taps split into requests that each fit the limit; taps too large even alone are skipped. */

@@ -1,19 +1,20 @@
-"""Reading a Triton-layout model repository (written by `export.onnx`); no torch needed.
+"""Reading a Triton-layout model repository (written by `export.onnx`); neither torch nor ONNX Runtime.
 
-A model is usable only when its config parses, its metadata is complete and its ONNX file's
-sha256 equals the one recorded at export; anything else is refused with a reason.
+A model is usable only when its config parses, its metadata is complete (`cnnserve.metadata`) and
+its ONNX file's sha256 equals the one recorded at export; anything else is refused with a reason.
+The server loads models through it, and `export.evaluate` reads exports with it.
 """
 from __future__ import annotations
 
 import functools
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from cnnserve.metadata import MetadataError, ModelMetadata
 from cnnserve.spec import CONFIG_FILE, LOGITS, METADATA_FILE, available_versions, parse_decimal, sha256_file
 
 
@@ -26,17 +27,17 @@ class ModelVersion:
     name: str
     version: int
     model_path: Path
-    metadata: dict
+    metadata: ModelMetadata
     config: mc.ModelConfig
 
     @property
-    def labels(self) -> list[str]:
-        return self.metadata["labels"]
+    def labels(self) -> tuple[str, ...]:
+        return self.metadata.labels
 
     @property
     def input_side(self) -> int:
         """The side of the square uint8 images the graph takes (its input shape is [N, 1, side, side])."""
-        return self.metadata["input"]["shape"][-1]
+        return self.metadata.input_side
 
     # cached: the data plane asks on every request
     @functools.cached_property
@@ -46,12 +47,12 @@ class ModelVersion:
     @functools.cached_property
     def output_shapes(self) -> dict[str, list[int]]:
         """Output name -> shape without the batch dimension, in graph order (logits first)."""
-        return {o["name"]: o["shape"][1:] for o in self.metadata["outputs"]}
+        return {o.name: list(o.shape[1:]) for o in self.metadata.outputs}
 
     @functools.cached_property
     def output_values(self) -> dict[str, int]:
         """Output name -> values per image."""
-        return {name: math.prod(shape) for name, shape in self.output_shapes.items()}
+        return {o.name: o.values_per_image for o in self.metadata.outputs}
 
 
 def list_model_dirs(repository: Path) -> list[Path]:
@@ -79,13 +80,16 @@ def load_version(model_dir: Path, version: int | None = None) -> ModelVersion:
     except (OSError, UnicodeDecodeError, text_format.ParseError) as error:
         raise RepositoryError(f"{config_name}: unreadable ({getattr(error, 'strerror', None) or error})") from None
     try:
-        metadata = json.loads((model_dir / str(version) / METADATA_FILE).read_text())
+        record = json.loads((model_dir / str(version) / METADATA_FILE).read_text())
     except (OSError, ValueError) as error:
         raise RepositoryError(f"{metadata_name}: unreadable ({getattr(error, 'strerror', None) or error})") from None
     check_config(config, config_name)
-    check_metadata(metadata, metadata_name)
-    model_path = model_dir / str(version) / metadata["model_file"]
-    recorded = metadata["sha256"]
+    try:
+        metadata = ModelMetadata.from_json(record, metadata_name)
+    except MetadataError as error:
+        raise RepositoryError(str(error)) from None
+    model_path = model_dir / str(version) / metadata.model_file
+    recorded = metadata.sha256
     if not model_path.is_file():
         raise RepositoryError(f"{model_dir.name} v{version}: {model_path.name} is missing")
     actual = sha256_file(model_path)
@@ -122,37 +126,3 @@ def max_run_images(config: mc.ModelConfig, where: str = "config.pbtxt") -> int:
         raise RepositoryError(f"{where}: parameters {RUN_IMAGES_PARAMETER!r} {text[:20]!r} must be an integer in "
                               f"1..max_batch_size ({config.max_batch_size})")
     return count
-
-
-def check_metadata(metadata: object, where: str) -> None:
-    """The metadata.json fields the server reads, with their types and ranges; errors name the field."""
-    def require(ok: bool, field: str, what: str) -> None:
-        if not ok:
-            raise RepositoryError(f"{where}: {field} {what}")
-
-    require(isinstance(metadata, dict), "the file", "must hold a JSON object")
-    for key, kind in {"trained": bool, "labels": list, "input": dict, "outputs": list, "model_file": str,
-                      "sha256": str}.items():
-        require(key in metadata, key, "is missing")
-        require(isinstance(metadata[key], kind), key, f"must be a {'JSON ' + kind.__name__}")
-    labels, spec, outputs = metadata["labels"], metadata["input"], metadata["outputs"]
-    require(len(labels) > 0 and all(isinstance(label, str) for label in labels), "labels", "must be strings")
-    require(isinstance(spec.get("name"), str) and spec.get("dtype") == "uint8", "input",
-            "must have a name and dtype 'uint8'")
-    shape = spec.get("shape")
-    require(isinstance(shape, list) and len(shape) == 4 and all(isinstance(d, int) for d in shape)
-            and shape[1] == 1 and shape[2] == shape[3] > 0, "input.shape", "must be [-1, 1, side, side]")
-    require(len(outputs) > 0 and all(isinstance(o, dict) and isinstance(o.get("name"), str)
-                                     and isinstance(o.get("shape"), list) for o in outputs),
-            "outputs", "must be a list of {name, shape}")
-    require(outputs[0]["name"] == LOGITS and outputs[0]["shape"][1:] == [len(labels)], "outputs[0]",
-            f"must be {LOGITS!r} with one value per label")
-    name = metadata["model_file"]
-    require(name not in ("", ".", "..") and Path(name).name == name, "model_file",
-            "must be a file name in the version directory (no path)")
-    require(len(metadata["sha256"]) == 64 and all(c in "0123456789abcdef" for c in metadata["sha256"]), "sha256",
-            "must be 64 hexadecimal digits")
-    test_acc = metadata.get("test_acc")
-    require(test_acc is None or isinstance(test_acc, (int, float)) and 0 <= test_acc <= 1, "test_acc",
-            "must be null or a number in [0, 1]")
-

@@ -1,0 +1,99 @@
+"""KServe v2 (Open Inference Protocol) whatever transport carries it: gRPC (`server/kserve.py`) and
+HTTP (`server/http.py`) both convert their messages with these: versions, the `image` input (for
+the data plane to check), outputs and the classification extension, tensor metadata, statistics
+and the repository index in the protocol's JSON shapes.
+
+What differs from Triton on purpose: with no outputs requested the logits alone come back (Triton
+returns every output; here that would be every feature map); only the `image` input exists.
+"""
+from __future__ import annotations
+
+import struct
+from importlib import metadata as package_metadata
+
+import numpy as np
+
+from cnnserve.spec import INPUT_NAME, LOGITS, parse_decimal
+from server.dataplane import DataPlane, InferResult, PixelBatch
+from server.errors import InvalidArgument, quote
+from server.model_store import ServedModel
+
+PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ["classification", "model_configuration", "statistics", "binary_tensor_data"]
+
+
+def server_version() -> str:
+    try:
+        return package_metadata.version("cnnserve")
+    except package_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def parse_version(text: str) -> int:
+    """'' means the loaded version; otherwise a positive integer."""
+    if not text:
+        return 0
+    version = parse_decimal(text)
+    if version is None:
+        raise InvalidArgument(f"model_version {quote(text)} is not a version number")
+    return version
+
+
+def image_input(name: str, datatype: str, shape: list[int], data: bytes | memoryview | None,
+                values=None) -> PixelBatch:
+    """The `image` input, from raw bytes or typed contents, for the data plane to check."""
+    if name != INPUT_NAME:
+        raise InvalidArgument(f"input {quote(name)} is unknown; the only input is {INPUT_NAME!r}")
+    return PixelBatch(f"input {INPUT_NAME!r}", datatype, shape, data, None if data is not None else values,
+                      uint8_name="UINT8")
+
+
+def selected_outputs(requested: list[tuple[str, int]]) -> tuple[list[str], int]:
+    """(name, classification count or 0) pairs -> the feature maps to compute (the data plane checks that the
+    model has them) and the classification count (checked there against the number of classes as top_k)."""
+    if any(k and name != LOGITS for name, k in requested):
+        raise InvalidArgument(f"the classification extension applies to {LOGITS!r} only")
+    features = list(dict.fromkeys(name for name, _ in requested if name != LOGITS))
+    return features, next((k for name, k in reversed(requested) if k), 0)
+
+
+def classification_strings(result: InferResult, k: int) -> np.ndarray:
+    """Triton's classification extension: [N, k] strings "score:index:label", best first (score: the logit).
+    The request asked the data plane for top_k >= k: the classes come ranked by the batcher."""
+    logits = result.outputs[LOGITS]
+    top = result.top_indices[:, :k]
+    return np.array([[f"{logits[i, c]:f}:{c}:{result.labels[c]}" for c in row] for i, row in enumerate(top)],
+                    dtype=object)
+
+
+def serialize_bytes(strings: np.ndarray) -> bytes:
+    """BYTES tensor contents as the protocol lays them out: each element a 4-byte little-endian length, then its bytes."""
+    return b"".join(struct.pack("<I", len(b)) + b for b in (s.encode() for s in strings.reshape(-1)))
+
+
+def tensor_metadata(model: ServedModel) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
+    """(name, datatype, shape with -1 for the batch) of the inputs and the outputs."""
+    meta = model.version.metadata
+    inputs = [(meta.input.name, "UINT8", list(meta.input.shape))]
+    outputs = [(o.name, "FP32", list(o.shape)) for o in meta.outputs]
+    return inputs, outputs
+
+
+def model_statistics(dataplane: DataPlane, name: str) -> dict:
+    """One model's ModelStatistics in the protocol's JSON shape (HTTP sends it, gRPC parses it)."""
+    model = dataplane.described(name)
+    s = dataplane.metrics.totals(name)     # over all worker processes
+    return {"name": name, "version": str(model.version.version) if model.version else "",
+            "last_inference": s.last_inference_ms, "inference_count": s.inference_count,
+            "execution_count": s.execution_count, "inference_stats": {
+                "success": {"count": s.success_count, "ns": s.success_ns},
+                "fail": {"count": s.fail_count, "ns": s.fail_ns},
+                "queue": {"count": s.success_count, "ns": s.queue_ns},
+                "compute_infer": {"count": s.success_count, "ns": s.compute_ns}}}
+
+
+def repository_index(dataplane: DataPlane, ready_only: bool = False) -> list[dict]:
+    """The repository index in the protocol's JSON shape."""
+    return [{"name": m.name, "version": str(m.version.version) if m.version else "",
+             "state": "READY" if m.ready else "UNAVAILABLE", "reason": m.error or ""}
+            for m in dataplane.models() if m.ready or not ready_only]
