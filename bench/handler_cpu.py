@@ -49,7 +49,10 @@ def request_and_handler(api: str, images: int, dataplane):
     """The serialized request and the handler that parses and answers it."""
     pixels = bytes(range(256)) * 3 + bytes(16)          # one 28x28 uint8 image
     if api == "cnnserve":
-        from cnnserve.proto import classifier_pb2 as pb
+        if (Path.cwd() / "server" / "proto").is_dir():   # a checkout from before the generated code moved
+            from server.proto import classifier_pb2 as pb
+        else:
+            from cnnserve.proto import classifier_pb2 as pb
         from server.service import ClassifierService
         message = pb.ClassifyRequest(model="lenet_bn", images=[
             pb.Image(tensor=pb.Tensor(shape=[28, 28], dtype="uint8", data=pixels))] * images)

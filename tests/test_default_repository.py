@@ -97,7 +97,8 @@ def classify_examples(server: SpawnedServer, arch: str) -> list[int]:
 
 def test_the_server_builds_a_missing_default_model_on_first_start_once_without_importing_torch(first_start):
     built = first_start / "model_repository" / "lenet"
-    server = SpawnedServer(None, ["--models", "lenet,lenet_bn"], cwd=first_start, log_path=first_start / "first.log")
+    server = SpawnedServer(None, ["--models", "lenet,lenet_bn"], cwd=first_start, log_path=first_start / "first.log",
+                           timeout=600)     # the first start includes an export with PyTorch
     try:
         assert not imported_torch(server.process.pid)
         predicted = classify_examples(server, "lenet")
