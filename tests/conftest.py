@@ -121,10 +121,11 @@ def shipped_repository(tmp_path_factory) -> Path:
     models, and the models that ship as weights only built from them as the first start builds them
     (copied when this checkout has built them already), so no test depends on what an earlier command
     wrote into `model_repository/`. Building takes minutes on a fresh clone: slow tests only."""
+    import shutil
+
     from cnnserve.default_repository import LOCK_FILE
     from export.defaults import build_missing
     from models import list_models
-    import shutil
     copy = copy_committed_models(tmp_path_factory.mktemp("shipped_repository"))
     for model_dir in sorted((ROOT / "model_repository").iterdir()):     # built here already: rebuilt if stale
         if (model_dir / "1").is_dir() and not (copy / model_dir.name).exists():
