@@ -302,6 +302,8 @@ def check_batch(batch: PixelBatch, limit: int, side: int) -> np.ndarray:
     wanted = f"[N, 1, {side}, {side}] or [N, {side}, {side}]"
     if not 3 <= len(shape) <= 4 or any(d <= 0 for d in shape):
         raise InvalidArgument(f"{field}.shape {shape[:8]} must be {wanted}")
+    if any(d > 2**63 for d in shape):      # JSON integers are unbounded; no message may print one whole
+        raise InvalidArgument(f"{field}.shape has a dimension over 2^63; it must be {wanted}")
     count = math.prod(shape)      # Python ints: exact however large the client's dimensions
     if batch.data is not None and count != len(batch.data):
         raise InvalidArgument(f"{field}.shape {shape} needs {count:,} bytes; {field}.data has {len(batch.data):,}")

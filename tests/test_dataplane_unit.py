@@ -15,7 +15,7 @@ from cnnserve.repository import ModelVersion
 from cnnserve.spec import CLASSES
 from server.batcher import Batcher, BatchingOptions
 from server.core_share import CoreShare
-from server.dataplane import DataPlane, EncodedImage, InferRequest, PixelBatch, PixelImage, decode_images
+from server.dataplane import DataPlane, EncodedImage, InferRequest, PixelBatch, PixelImage, check_batch, decode_images
 from server.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from server.metrics import Metrics, sample_value
 from server.model_store import ModelStore, ServedModel
@@ -126,3 +126,26 @@ def test_statistics_and_metrics_count_every_outcome(plane, infer):
     assert sample_value(exposition, "cnnserve_requests_total", model="m", code="OK") == 1
     assert sample_value(exposition, "cnnserve_batch_size_sum", model="m") == 3
     assert sample_value(exposition, "cnnserve_request_latency_seconds_count", model="m") == 1
+
+
+@pytest.mark.parametrize("batch, fragment", [
+    (PixelBatch("batch", "float32", [1, 28, 28], bytes(3136)), "batch.dtype 'float32' must be uint8"),
+    (PixelBatch("batch", "uint8", [1, 28], bytes(784)), "batch.shape [1, 28] must be [N, 1, 28, 28]"),
+    (PixelBatch("batch", "uint8", [10**9, 28, 28], bytes(784)), "batch.data has 784"),
+    (PixelBatch("input 'image'", "UINT8", [10**30, 1, 28, 28], None, [0] * 784, "UINT8"), "over 2^63"),
+    (PixelBatch("input 'image'", "UINT8", [1, 1, 28, 27], None, [0] * 784, "UINT8"), "needs 756 values"),
+    (PixelBatch("input 'image'", "UINT8", [1, 1, 28, 28], None, [256] * 784, "UINT8"), "values must be in 0..255"),
+    (PixelBatch("batch", "uint8", [65, 28, 28], bytes(65 * 784)), "batch has 65 images; the limit for one request is 64"),
+])
+def test_one_batch_rule_for_every_protocol(batch, fragment):
+    """cnnserve.v1's `batch` and KServe's `image` input are checked by the one rule, before any allocation."""
+    with pytest.raises(InvalidArgument) as error:
+        check_batch(batch, 64, 28)
+    assert fragment in error.value.message
+
+
+def test_a_batch_from_values_or_bytes_is_the_same_pixels():
+    pixels = np.arange(2 * 784, dtype=np.int64) % 256
+    from_values = check_batch(PixelBatch("input 'image'", "UINT8", [2, 28, 28], None, pixels, "UINT8"), 64, 28)
+    from_bytes = check_batch(PixelBatch("batch", "uint8", [2, 1, 28, 28], pixels.astype(np.uint8).tobytes()), 64, 28)
+    assert from_values.shape == from_bytes.shape == (2, 1, 28, 28) and np.array_equal(from_values, from_bytes)

@@ -80,7 +80,7 @@ def test_the_container_classifies_on_every_protocol_and_exits_cleanly_on_sigterm
     # Read-only root filesystem with a writable /tmp, as deploy/deployment.yaml runs it.
     started = run("podman", "run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
                   image, "--port", str(grpc_port),
-                  "--http-port", str(http_port), "--metrics-port", str(metrics_port), "--models", "lenet_bn,resnet18")
+                  "--http-port", str(http_port), "--metrics-port", str(metrics_port), "--models", "lenet_bn,densenet")
     assert started.returncode == 0, started.stderr
     try:
         wait_ready(http_port, name)
@@ -91,7 +91,7 @@ def test_the_container_classifies_on_every_protocol_and_exits_cleanly_on_sigterm
         assert v1.results[0].predictions[0].label == "Ankle boot"
         tensor = tgrpc.InferInput("image", list(pixels.shape), "UINT8")
         tensor.set_data_from_numpy(pixels)
-        kserve_grpc = tgrpc.InferenceServerClient(f"127.0.0.1:{grpc_port}").infer("resnet18", [tensor])
+        kserve_grpc = tgrpc.InferenceServerClient(f"127.0.0.1:{grpc_port}").infer("densenet", [tensor])
         assert int(np.argmax(kserve_grpc.as_numpy("logits"))) == 9
         tensor = thttp.InferInput("image", list(pixels.shape), "UINT8")
         tensor.set_data_from_numpy(pixels, binary_data=True)
