@@ -54,7 +54,11 @@ class SpawnedServer:
         self.stub = classifier_pb2_grpc.ClassifierStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         if wait:
-            self.wait_serving(timeout)
+            try:
+                self.wait_serving(timeout)
+            except BaseException:       # never leave a server process behind the caller that gave up on it
+                self.stop()
+                raise
 
     def health_status(self, service: str = "") -> int | None:
         """The health status, or None while the port is not answering yet."""
