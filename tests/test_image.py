@@ -3,6 +3,7 @@ default repository on all three protocols, as a non-root user, without torch, un
 and drains and exits 0 on SIGTERM. Minutes of work (the base image, then the build): slow."""
 import json
 import os
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -32,13 +33,21 @@ def run(*command: str, timeout: float = 900, **kwargs) -> subprocess.CompletedPr
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
-    """The image, built with buildah on a local stand-in for the official base image (nothing can be pulled here)."""
+    """The image, built with buildah on a local stand-in for the official base image (nothing can be pulled here),
+    from the files a clone of this commit holds: models built into this checkout's `model_repository/` on an
+    earlier start are not part of what the repository ships."""
     assert BASE_SCRIPT.is_file(), f"{BASE_SCRIPT} is missing: the container recipe of the shared directory"
     base = run("bash", str(BASE_SCRIPT))
     assert base.returncode == 0, base.stderr[-2000:]
+    context = tmp_path_factory.mktemp("image-context")
+    listed = run("git", "ls-files", "-co", "--exclude-standard", "-z", cwd=ROOT).stdout.split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (context / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, context / name)
     os.environ["CONTAINERS_CONF"] = "/etc/containers/cnnserve-test.conf"
     build = run("buildah", "bud", "--isolation", "chroot", "--network", "host", "--format", "docker", "--layers",
-                "--build-arg", f"BASE={base.stdout.strip()}", "-t", IMAGE, str(ROOT))
+                "--build-arg", f"BASE={base.stdout.strip()}", "-t", IMAGE, str(context))
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     return IMAGE
 
