@@ -83,7 +83,8 @@ MODERN = {
 CPU_BUDGET = {
     # AlexNet's fixed 6400-feature head rules out low-resolution epochs; 5 epochs fit a busy machine's budget.
     "alexnet": dict(cpu_bf16=True, channels_last=True, epochs=5),
-    # VGG-11's head is fixed at 7 × 7 too; 8 epochs at ~70-105 img/s (bf16 + channels-last: ×2.7).
+    # VGG-11's head is fixed at 7 × 7 too (no low-resolution epochs); 8 epochs, bf16 and channels-last (×2.7,
+    # bench/cpu_train_speed.py).
     "vgg11": dict(cpu_bf16=True, channels_last=True, epochs=8),
     "resnet18": dict(cpu_bf16=True, low_res_side=48, low_res_epochs=6),
     "densenet": dict(cpu_bf16=True, channels_last=True, epochs=12, low_res_side=48, low_res_epochs=7),
