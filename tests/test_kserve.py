@@ -1,16 +1,22 @@
 """KServe v2 / Open Inference Protocol over gRPC, driven by Triton's own client (tritonclient.grpc)
 against a real server: health, metadata, config, inference of raw uint8 images on every served
 model, feature maps by name, the classification extension, statistics and the error cases."""
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
 from client.cli import raw_image
-from client.spawn import SpawnedServer
+from client.spawn import ROOT, SpawnedServer
 from cnnserve.proto import classifier_pb2 as pb
 from cnnserve.spec import CLASSES
-from models import list_models
+
+# The models the fast tests serve (tests/conftest.py `committed_repository`): those git ships as ONNX files.
+COMMITTED = sorted(p.parts[1] for p in map(Path, subprocess.run(
+    ["git", "ls-files", "model_repository/*/1/model.onnx"], cwd=ROOT, capture_output=True, text=True).stdout.split()))
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +51,10 @@ def test_health_metadata_config_and_index(client):
     config = client.get_model_config("lenet_bn").config
     assert config.name == "lenet_bn" and config.max_batch_size == 64 and config.input[0].name == "image"
     index = {m.name: m for m in client.get_model_repository_index().models}
-    assert set(index) == set(list_models(trained=True)) and index["lenet_bn"].state == "READY"
+    assert set(index) == set(COMMITTED) and index["lenet_bn"].state == "READY"
 
 
-@pytest.mark.parametrize("model", list_models(trained=True))
+@pytest.mark.parametrize("model", COMMITTED)
 def test_infer_raw_uint8_equals_cnnserve_v1_bit_for_bit(server, client, fashion, model):
     images = fashion.test_images[:5, None]
     result = infer(client, model, images, outputs=["logits"])
