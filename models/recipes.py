@@ -31,7 +31,7 @@ class TrainConfig:
     shift: int = 0                # random shifts of up to this many pixels (zero padded)
     mean: float | None = None     # normalisation on [0, 1]; None: none
     std: float | None = None
-    init: str = "default"         # "xavier" (Xavier-uniform conv/linear weights) or "default" (PyTorch's)
+    init: str = "default"         # "xavier" (Xavier-uniform), "kaiming" (He-normal, zero biases) or "default" (PyTorch's)
     # CPU speed-ups (measured by bench/cpu_train_speed.py); on CUDA both are always on.
     cpu_bf16: bool = False        # bf16 autocast on the CPU (AVX512-BF16)
     channels_last: bool = False   # channels-last tensors on the CPU

@@ -49,6 +49,18 @@ def xavier_init(module: nn.Module) -> None:
         nn.init.xavier_uniform_(module.weight)
 
 
+def kaiming_init(module: nn.Module) -> None:
+    """He init for ReLU nets: each layer keeps its input's variance (Xavier halves it after every ReLU,
+    which deep plain ReLU nets such as NiN's twelve conv layers compound); zero biases."""
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+INITS = {"xavier": xavier_init, "kaiming": kaiming_init}
+
+
 def augment(images: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal flips and shifts of up to `config.shift` pixels, per image, on uint8 [N,1,H,W]."""
     n, _, h, w = images.shape
@@ -85,14 +97,17 @@ def epoch_side(config: TrainConfig, epoch: int) -> int:
     return config.low_res_side if config.low_res_side and epoch <= config.low_res_epochs else config.side
 
 
-def train(config: TrainConfig, data: FashionMNIST, *, progress: bool = True) -> tuple[TapNet, dict]:
-    """Train one model as `config` says; return it (eval mode, on its device) and its metrics."""
+def train(config: TrainConfig, data: FashionMNIST, *, progress: bool = True,
+          model: TapNet | None = None) -> tuple[TapNet, dict]:
+    """Train one model as `config` says; return it (eval mode, on its device) and its metrics.
+
+    `model` replaces the registered `config.arch` (a variant under study, bench/nin_recipe.py)."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    model = build_model(config.arch)
-    if config.init == "xavier":
-        model.apply(xavier_init)
+    model = build_model(config.arch) if model is None else model
+    if config.init != "default":
+        model.apply(INITS[config.init])
     cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = cuda
     bf16 = cuda or config.cpu_bf16

@@ -58,9 +58,13 @@ class BatchingOptions:
 
 @dataclass
 class BatchResult:
+    """A request's rows, and its time in the batcher as the stages of Triton's statistics (server/metrics.py
+    `StageTimes`), each run's stages counting in full for every request in it."""
     outputs: dict[str, np.ndarray]   # this request's rows of each output
-    queue_s: float
-    compute_s: float
+    queue_s: float                   # waiting for a run: before its first, and between the runs of a split request
+    input_s: float                   # its runs' gathering of their requests' rows into one input array
+    infer_s: float                   # its runs' ONNX Runtime time, with the hand-off to the compute thread and back
+    output_s: float                  # its runs' ranking of the classes and splitting of the outputs into requests
     batch_size: int
 
 
@@ -73,17 +77,18 @@ class _Request:
     deadline: float | None = field(compare=False)     # a time.monotonic() value, or None
     caller: str = field(compare=False)
     future: asyncio.Future = field(compare=False)
-    enqueued: float = field(compare=False, default_factory=time.monotonic)
+    enqueued: float = field(compare=False, default_factory=time.perf_counter)   # the clock of the stage times
     taken: int = field(compare=False, default=0)          # rows already handed to runs
     parts: list = field(compare=False, default_factory=list)   # finished runs' rows, in order
-    started: float = field(compare=False, default=0.0)    # when its first rows began computing
-    compute_s: float = field(compare=False, default=0.0)
+    input_s: float = field(compare=False, default=0.0)    # the stages of the runs it was part of, summed
+    infer_s: float = field(compare=False, default=0.0)
+    output_s: float = field(compare=False, default=0.0)
     batch_size: int = field(compare=False, default=0)     # the largest run it was part of
 
 
 class Batcher:
     def __init__(self, name: str, runtime: ModelRuntime, options: BatchingOptions,
-                 on_batch: Callable[[int, float], None] = lambda size, seconds: None):
+                 on_batch: Callable[[int, float, float, float], None] = lambda size, input_s, infer_s, output_s: None):
         self.name, self.runtime, self.options, self.on_batch = name, runtime, options, on_batch
         self._queue: list[_Request] = []                  # a heap by tag
         self._queued_images = 0
@@ -184,7 +189,7 @@ class Batcher:
         deadline = self._queue[0].enqueued + self.options.max_queue_delay_s
         self._forget_the_gone()
         try:
-            while self._company_expected() and (remaining := deadline - time.monotonic()) > 0:
+            while self._company_expected() and (remaining := deadline - time.perf_counter()) > 0:
                 self._waiting = True      # infer() wakes us when no more is expected back (or the run is full)
                 self._changed.clear()
                 timer = asyncio.get_running_loop().call_later(remaining, self._changed.set)
@@ -255,43 +260,54 @@ class Batcher:
             del self._caller_tag[request.caller]
 
     def _compute_run(self, images: np.ndarray, outputs: list[str], ranked: bool,
-                     on_compute_thread: bool = False) -> tuple[dict[str, np.ndarray], float]:
-        """The outputs, and the seconds the run itself took (without the hand-off to the compute thread and back,
-        which the choice between inline and thread must not count: a run would stay on the thread for its cost)."""
+                     on_compute_thread: bool = False) -> tuple[dict[str, np.ndarray], float, float]:
+        """The outputs, and the seconds ONNX Runtime's run and then the ranking took (without the hand-off to the
+        compute thread and back, which the choice between inline and thread must not count: a run would stay on
+        the thread for its cost)."""
         start = time.perf_counter()
         # a run worth a thread hand-off is worth spreading over idle workers' cores (server/core_share.py)
         results = self.runtime.run(images, outputs, may_use_all_cores=on_compute_thread)
+        ran = time.perf_counter()
         if ranked:
             results[RANKING], results[RANKED_PROBABILITIES] = rank_classes(results[LOGITS])
-        return results, time.perf_counter() - start
+        return results, ran - start, time.perf_counter() - ran
 
     async def _run(self, batch: list[tuple[_Request, int, int]]) -> None:
         """Run one batch; any failure (ONNX Runtime's, or a missing output) fails its requests, not the model."""
         requests = [request for request, _, _ in batch]
         try:
+            start = time.perf_counter()
             wanted = {name for request in requests for name in request.outputs}
             ranked = RANKING in wanted
             outputs = [name for name in self.runtime.output_names if name in wanted or (ranked and name == LOGITS)]
             slices = [request.images[first:stop] for request, first, stop in batch]
             images = slices[0] if len(slices) == 1 else np.concatenate(slices)
-            start = time.monotonic()
+            gathered = time.perf_counter()
             if self._image_s is not None and self._image_s * len(images) < INLINE_RUN_S:
-                results, run_s = self._compute_run(images, outputs, ranked)
+                results, run_s, rank_s = self._compute_run(images, outputs, ranked)
             else:
-                results, run_s = await asyncio.get_running_loop().run_in_executor(
+                results, run_s, rank_s = await asyncio.get_running_loop().run_in_executor(
                     self._compute, self._compute_run, images, outputs, ranked, True)
-            compute_s = time.monotonic() - start
-            per_image = run_s / len(images)
+            ran = time.perf_counter()
+            per_image = (run_s + rank_s) / len(images)
             self._image_s = per_image if self._image_s is None else 0.9 * self._image_s + 0.1 * per_image
-            self.on_batch(len(images), compute_s)
-            offset = 0
+            answers, offset = [], 0            # (request, its outputs) for those whose last rows ran here
             for request, first, stop in batch:
                 rows = slice(offset, offset + stop - first)
                 offset = rows.stop
                 request.parts.append({name: results[name][rows] for name in request.outputs})
-                request.started = request.started or start
-                request.compute_s += compute_s
                 request.batch_size = max(request.batch_size, len(images))
+                if stop == len(request.images):
+                    parts = request.parts
+                    answers.append((request, parts[0] if len(parts) == 1 else
+                                    {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}))
+            done = time.perf_counter()
+            input_s, infer_s, output_s = gathered - start, ran - gathered - rank_s, rank_s + done - ran
+            self.on_batch(len(images), input_s, infer_s, output_s)
+            for request in requests:
+                request.input_s += input_s
+                request.infer_s += infer_s
+                request.output_s += output_s
         except Exception as error:
             log.exception("%s: a batch of %d requests failed", self.name, len(batch))
             for request in requests:
@@ -299,12 +315,11 @@ class Batcher:
                     request.future.set_exception(error)
             return
         expected_until = time.monotonic() + ACTIVE_CALLER_S
-        for request, _, stop in batch:
-            if stop == len(request.images) and not request.future.done():
-                parts = request.parts
-                outputs = parts[0] if len(parts) == 1 else {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
-                request.future.set_result(BatchResult(outputs, queue_s=request.started - request.enqueued,
-                                                      compute_s=request.compute_s, batch_size=request.batch_size))
+        for request, outputs in answers:
+            if not request.future.done():
+                in_runs = request.input_s + request.infer_s + request.output_s
+                request.future.set_result(BatchResult(outputs, done - request.enqueued - in_runs, request.input_s,
+                                                      request.infer_s, request.output_s, request.batch_size))
                 self._expect_back(request.caller, expected_until)
 
 

@@ -27,7 +27,7 @@ from server.batcher import RANKED_PROBABILITIES, RANKING
 from server.core_share import CoreShare
 from server.errors import InvalidArgument, NotFound, ResourceExhausted, ServiceError, Unavailable, quote
 from server.images import DecodeBudget, decode_encoded, decode_tensor
-from server.metrics import Metrics
+from server.metrics import Metrics, StageTimes
 from server.model_store import ModelStore, ServedModel
 
 # The response-size rule: framing of one image's results in any protocol, beyond the payload. The explorer
@@ -91,12 +91,20 @@ class InferResult:
     outputs: dict[str, np.ndarray]   # "logits" and each requested feature map, float32 [N, ...], model order
     top_indices: np.ndarray | None   # int [N, k], best first (None without top_k)
     top_probabilities: np.ndarray | None
-    decode_s: float
-    queue_s: float
-    compute_s: float
+    decode_s: float                  # checks and decoding, the first part of times.compute_input_s
+    times: StageTimes
     batch_size: int                  # images in the ONNX Runtime run(s) this request was part of
     features: list[str] = field(default_factory=list)
     pixels: np.ndarray | None = None  # uint8 [N, 1, side, side]: the images as the model received them
+
+    @property
+    def queue_s(self) -> float:
+        return self.times.queue_s
+
+    @property
+    def compute_s(self) -> float:
+        """The ONNX Runtime run(s): what the protocols' own timings call compute."""
+        return self.times.compute_infer_s
 
 
 class DataPlane:
@@ -176,8 +184,9 @@ class DataPlane:
 
     async def _counted_infer(self, request: InferRequest) -> InferResult:
         start = time.perf_counter()
-        label = request.model if request.model in self.store.models else "<unknown>"
-        self.metrics.started(label)
+        served = self.store.models.get(request.model)
+        label = request.model if served else "<unknown>"
+        self.metrics.started(label, served.version.version if served and served.version else 0)
         status, result = "INTERNAL", None
         try:
             result = await self._infer(request, start)
@@ -195,7 +204,7 @@ class DataPlane:
         finally:
             self.metrics.finished(label)
             self.metrics.record(label, status, time.perf_counter() - start,
-                                *((result.outputs[LOGITS].shape[0], result.queue_s, result.compute_s) if result else ()))
+                                *((result.outputs[LOGITS].shape[0], result.times) if result else ()))
 
     async def _infer(self, request: InferRequest, start: float) -> InferResult:
         model = self.model(request.model, request.version)
@@ -217,11 +226,15 @@ class DataPlane:
         decode_s = time.perf_counter() - start
         ranking = [RANKING, RANKED_PROBABILITIES] if top_k else []
         result = await model.batcher.infer(pixels, [LOGITS, *ranking, *features], request.deadline, request.caller)
+        returned = time.perf_counter()
         outputs, top_indices, top_probabilities = result.outputs, None, None
         if top_k:      # ranked once per run by the batcher; this request's top-k is a slice
             top_indices, top_probabilities = outputs.pop(RANKING)[:, :top_k], outputs.pop(RANKED_PROBABILITIES)[:, :top_k]
+        times = StageTimes(queue_s=result.queue_s, compute_input_s=decode_s + result.input_s,
+                           compute_infer_s=result.infer_s,
+                           compute_output_s=result.output_s + time.perf_counter() - returned)
         return InferResult(model.name, model.version.version, labels, outputs, top_indices, top_probabilities,
-                           decode_s, result.queue_s, result.compute_s, result.batch_size, features, pixels)
+                           decode_s, times, result.batch_size, features, pixels)
 
     def check_response_size(self, model: ServedModel, n_images: int, features: list[str], itemsize: int,
                             top_k: int) -> None:

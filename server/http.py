@@ -36,12 +36,12 @@ from server.kserve_protocol import (
     PLATFORM,
     classification_strings,
     image_input,
-    model_statistics,
     parse_version,
     repository_index,
     selected_outputs,
     serialize_bytes,
     server_version,
+    statistics,
     tensor_metadata,
 )
 from server.security import SecurityOptions
@@ -91,7 +91,8 @@ class KServeHttp:
         versioned = "/v2/models/{name}/versions/{version}"
         routes = [Route("/v2/health/live", endpoint(self.live)), Route("/v2/health/ready", endpoint(self.ready)),
                   Route("/v2", endpoint(self.server_metadata)),
-                  Route("/v2/repository/index", endpoint(self.repository_index), methods=["POST"])]
+                  Route("/v2/repository/index", endpoint(self.repository_index), methods=["POST"]),
+                  Route("/v2/models/stats", endpoint(self.model_stats))]     # every model's: before /v2/models/{name}
         for path in (model, versioned):
             routes += [Route(path, endpoint(self.model_metadata)), Route(path + "/ready", endpoint(self.model_ready)),
                        Route(path + "/config", endpoint(self.model_config)),
@@ -140,7 +141,8 @@ class KServeHttp:
         return JSONResponse(json_format.MessageToDict(config, preserving_proto_field_name=True))
 
     async def model_stats(self, request: Request) -> Response:
-        return JSONResponse({"model_stats": [model_statistics(self.dataplane, request.path_params["name"])]})
+        params = request.path_params
+        return JSONResponse(statistics(self.dataplane, params.get("name", ""), params.get("version", "")))
 
     async def repository_index(self, request: Request) -> Response:
         return JSONResponse(repository_index(self.dataplane))

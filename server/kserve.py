@@ -20,12 +20,12 @@ from server.kserve_protocol import (
     PLATFORM,
     classification_strings,
     image_input,
-    model_statistics,
     parse_version,
     repository_index,
     selected_outputs,
     serialize_bytes,
     server_version,
+    statistics,
     tensor_metadata,
 )
 
@@ -74,8 +74,7 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def ModelStatistics(self, request, context):
-        names = [request.name] if request.name else [m.name for m in self.dataplane.models()]
-        return json_format.ParseDict({"model_stats": [model_statistics(self.dataplane, n) for n in names]},
+        return json_format.ParseDict(statistics(self.dataplane, request.name, request.version),
                                      kpb.ModelStatisticsResponse())
 
     @grpc_errors

@@ -15,7 +15,8 @@ import numpy as np
 
 from cnnserve.spec import INPUT_NAME, LOGITS, parse_decimal
 from server.dataplane import DataPlane, InferResult, PixelBatch
-from server.errors import InvalidArgument, quote
+from server.errors import InvalidArgument, NotFound, quote
+from server.metrics import Totals
 from server.model_store import ServedModel
 
 PLATFORM = "onnxruntime_onnx"
@@ -79,17 +80,44 @@ def tensor_metadata(model: ServedModel) -> tuple[list[tuple[str, str, list[int]]
     return inputs, outputs
 
 
-def model_statistics(dataplane: DataPlane, name: str) -> dict:
-    """One model's ModelStatistics in the protocol's JSON shape (HTTP sends it, gRPC parses it)."""
+def statistics(dataplane: DataPlane, name: str = "", version: str = "") -> dict:
+    """The statistics extension's answer in the protocol's JSON shape (HTTP sends it, gRPC parses it): every
+    model's, or one model's, at every version counted or at one."""
+    if not name:
+        if version:
+            raise InvalidArgument("a model_version needs a model name")
+        return {"model_stats": [stats for model in dataplane.models() for stats in model_statistics(dataplane, model.name)]}
+    return {"model_stats": model_statistics(dataplane, name, parse_version(version))}
+
+
+def model_statistics(dataplane: DataPlane, name: str, version: int = 0) -> list[dict]:
+    """One model's ModelStatistics, one per version (0: every version counted), over all worker processes.
+    What each stage measures: server/metrics.py `StageTimes`."""
     model = dataplane.described(name)
-    s = dataplane.metrics.totals(name)     # over all worker processes
-    return {"name": name, "version": str(model.version.version) if model.version else "",
+    by_version = dataplane.metrics.totals(name, model.version.version if model.version else 0)
+    if version and version not in by_version:
+        raise NotFound(f"model {quote(name)} has no statistics for version {version}; it has them for version(s) "
+                       f"{', '.join(str(v) for v in sorted(by_version) if v) or 'none'}")
+    return [version_statistics(name, by_version[v]) for v in ([version] if version else sorted(by_version))]
+
+
+def version_statistics(name: str, s: Totals) -> dict:
+    """One model version's ModelStatistics entry."""
+    requests = s.success_count      # each stage is counted once per successful request, as Triton counts them
+    duration = lambda count, ns: {"count": count, "ns": ns}
+    return {"name": name, "version": str(s.version) if s.version else "",
             "last_inference": s.last_inference_ms, "inference_count": s.inference_count,
             "execution_count": s.execution_count, "inference_stats": {
-                "success": {"count": s.success_count, "ns": s.success_ns},
-                "fail": {"count": s.fail_count, "ns": s.fail_ns},
-                "queue": {"count": s.success_count, "ns": s.queue_ns},
-                "compute_infer": {"count": s.success_count, "ns": s.compute_ns}}}
+                "success": duration(requests, s.success_ns), "fail": duration(s.fail_count, s.fail_ns),
+                "queue": duration(requests, s.queue_ns), "compute_input": duration(requests, s.compute_input_ns),
+                "compute_infer": duration(requests, s.compute_infer_ns),
+                "compute_output": duration(requests, s.compute_output_ns),
+                # no response cache; perf_analyzer reads both all the same
+                "cache_hit": duration(0, 0), "cache_miss": duration(0, 0)},
+            "batch_stats": [{"batch_size": size, "compute_input": duration(b.count, b.compute_input_ns),
+                             "compute_infer": duration(b.count, b.compute_infer_ns),
+                             "compute_output": duration(b.count, b.compute_output_ns)}
+                            for size, b in sorted(s.batches.items())]}
 
 
 def repository_index(dataplane: DataPlane, ready_only: bool = False) -> list[dict]:

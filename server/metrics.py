@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -58,30 +58,84 @@ class Histogram:
         return cumulative
 
 
+@dataclass(frozen=True)
+class StageTimes:
+    """Where one successful request's time went, in the stages of Triton's statistics extension. `success` is the
+    data plane's whole handling of the request: from its adapter handing it over, parsed, to its outputs being
+    ready as arrays. Inside it:
+    - compute_input: preparing the model's input: the request's checks and the decoding of its images into uint8
+      pixels (with the wait for a decoding thread when they decode off the loop), then, in each run it joins,
+      gathering that run's requests' rows into one input array;
+    - queue: waiting in the model's batcher for a run (and, for a request split over runs, between them);
+    - compute_infer: ONNX Runtime's run(s), with the hand-off to the model's compute thread and back;
+    - compute_output: ranking the classes (when top-k or classification is asked for), splitting each run's
+      outputs into its requests' rows, joining a split request's parts, and taking its top-k.
+    A run's stages count in full for each request in it, as Triton counts a batch's. No stage covers handing the
+    request to the batcher and the answer back across the event loop, so success.ns >= the sum of the four (the
+    difference is the server overhead perf_analyzer reports). The protocols' own work, parsing a message before
+    and serializing its answer after, lies outside `success`."""
+    queue_s: float = 0.0
+    compute_input_s: float = 0.0
+    compute_infer_s: float = 0.0
+    compute_output_s: float = 0.0
+
+
+@dataclass
+class BatchTotals:
+    """One batch size's ONNX Runtime runs: a `batch_stats` entry, each stage summed over the runs."""
+    count: int = 0
+    compute_input_ns: int = 0
+    compute_infer_ns: int = 0
+    compute_output_ns: int = 0
+
+    def add(self, other: BatchTotals) -> None:
+        for f in fields(BatchTotals):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
 @dataclass
 class Totals:
-    """One model's totals in the shape of Triton's ModelStatistics (KServe v2 `ModelStatistics`)."""
+    """One model version's totals in the shape of Triton's ModelStatistics (KServe v2 `ModelStatistics`). Each
+    stage's count is `success_count` (one per successful request, as Triton counts them) and its ns are summed over
+    those requests (`StageTimes`)."""
+    version: int = 0             # the version served when counted: 0 while the model was not loaded
     success_count: int = 0
     success_ns: int = 0
     fail_count: int = 0
     fail_ns: int = 0
     queue_ns: int = 0
-    compute_ns: int = 0          # summed over the requests (a batch's compute counts for each)
+    compute_input_ns: int = 0
+    compute_infer_ns: int = 0
+    compute_output_ns: int = 0
     inference_count: int = 0     # images
-    execution_count: int = 0     # ONNX Runtime runs
     last_inference_ms: int = 0   # wall clock, ms since the epoch
+    batches: dict[int, BatchTotals] = field(default_factory=dict)   # by batch size (images per run)
 
-    def totals(self) -> dict[str, int]:
-        """Just the totals (of a ModelStats too), as a dict."""
-        return {f.name: getattr(self, f.name) for f in fields(Totals)}
+    @property
+    def execution_count(self) -> int:
+        """ONNX Runtime runs."""
+        return sum(batch.count for batch in self.batches.values())
+
+    def to_json(self) -> dict:
+        """Just the totals (of a ModelStats too), as the workers publish them."""
+        return {**{name: getattr(self, name) for name in SCALARS},
+                "batches": {size: asdict(batch) for size, batch in self.batches.items()}}
+
+    @classmethod
+    def from_json(cls, totals: dict) -> Totals:
+        return cls(**{name: totals[name] for name in SCALARS},
+                   batches={int(size): BatchTotals(**batch) for size, batch in totals["batches"].items()})
 
     def add(self, other: Totals) -> None:
-        for name in TOTALS:
+        for name in SUMMED:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.last_inference_ms = max(self.last_inference_ms, other.last_inference_ms)
+        for size, batch in other.batches.items():
+            self.batches.setdefault(size, BatchTotals()).add(batch)
 
 
-TOTALS = [f.name for f in fields(Totals) if f.name != "last_inference_ms"]     # summed over workers
+SCALARS = [f.name for f in fields(Totals) if f.name != "batches"]
+SUMMED = [name for name in SCALARS if name not in ("version", "last_inference_ms")]     # summed over workers
 
 
 @dataclass
@@ -95,10 +149,15 @@ class ModelStats(Totals):
     batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))    # per run, images
 
 
+def nanoseconds(seconds: float) -> int:
+    """Truncated, so that the stages of a request, each truncated, never add up to more than its total."""
+    return int(seconds * 1e9)
+
+
 # (name, help, the ModelStats histogram it shows)
 HISTOGRAMS = [("cnnserve_request_latency_seconds", "Classify latency inside the server", "latency"),
               ("cnnserve_queue_seconds", "Time a request waited for its batch", "queue"),
-              ("cnnserve_compute_seconds", "ONNX Runtime time per batch", "compute"),
+              ("cnnserve_compute_seconds", "ONNX Runtime time per batch (compute_infer)", "compute"),
               ("cnnserve_batch_size", "Images per ONNX Runtime run", "batch_size")]
 
 
@@ -109,17 +168,20 @@ class Metrics:
         self.registry.register(self)
         self.shared_dir, self.worker = shared_dir, worker     # with --workers: where the workers share totals
 
-    def totals(self, model: str) -> Totals:
-        """A model's ModelStatistics totals: this process's, plus the other workers' last published ones."""
-        totals = Totals(**self.model(model).totals())
-        for published in self._others():
-            if model in published:
-                totals.add(Totals(**published[model]))
-        return totals
+    def totals(self, model: str, served: int) -> dict[int, Totals]:
+        """A model's ModelStatistics totals by version: this process's, plus the other workers' last published
+        ones, each worker's counted for the version it serves (workers differ only where one, replaced after the
+        repository changed, loaded another). `served` is the version this process serves; it always has an
+        entry, and counts made by a worker that had not loaded the model (failures: version 0) go to it."""
+        by_version = {served: Totals(version=served)}
+        for published in [self.model(model).to_json(), *(others[model] for others in self._others() if model in others)]:
+            version = published["version"] or served
+            by_version.setdefault(version, Totals(version=version)).add(Totals.from_json(published))
+        return by_version
 
     def publish(self) -> None:
         """Share this worker's totals (written whole, then renamed: readers never see half a file)."""
-        totals = {name: stats.totals() for name, stats in self.stats.items()}
+        totals = {name: stats.to_json() for name, stats in self.stats.items()}
         path = self.shared_dir / f"worker-{self.worker}.json"
         partial = path.with_suffix(".partial")
         partial.write_text(json.dumps(totals))
@@ -152,39 +214,51 @@ class Metrics:
             stats = self.stats[name] = ModelStats()
         return stats
 
-    def started(self, model: str) -> None:
-        """A request for `model` is being handled."""
-        self.model(model).in_flight += 1
+    def started(self, model: str, version: int = 0) -> None:
+        """A request for `model` is being handled; `version`: the version served (0: not loaded). A process serves
+        one version of a model for its life, so its counts are that version's."""
+        stats = self.model(model)
+        stats.in_flight += 1
+        stats.version = version or stats.version
 
     def finished(self, model: str) -> None:
         self.stats[model].in_flight -= 1
 
     def batch_observer(self, model: str):
-        """A callback for the batcher: records one ONNX Runtime run."""
-        def observe(size: int, seconds: float) -> None:
+        """A callback for the batcher: records one ONNX Runtime run of `size` images and its stages' seconds
+        (`StageTimes`, for the run as a whole)."""
+        def observe(size: int, input_s: float, infer_s: float, output_s: float) -> None:
             stats = self.model(model)
             stats.batch_size.observe(size)
-            stats.compute.observe(seconds)
-            stats.execution_count += 1
+            stats.compute.observe(infer_s)
+            batch = stats.batches.get(size)
+            if batch is None:
+                batch = stats.batches[size] = BatchTotals()
+            batch.count += 1
+            batch.compute_input_ns += nanoseconds(input_s)
+            batch.compute_infer_ns += nanoseconds(infer_s)
+            batch.compute_output_ns += nanoseconds(output_s)
         return observe
 
-    def record(self, model: str, status: str, seconds: float, images: int = 0, queue_s: float = 0.0,
-               compute_s: float = 0.0) -> None:
-        """One finished inference request, whatever protocol carried it."""
+    def record(self, model: str, status: str, seconds: float, images: int = 0, times: StageTimes = StageTimes()) -> None:
+        """One finished inference request, whatever protocol carried it: `seconds` in all, and for a successful
+        one its images and the stages of those seconds."""
         stats = self.model(model)
         stats.codes[status] += 1
         if status == "OK":
             stats.latency.observe(seconds)
-            stats.queue.observe(queue_s)
+            stats.queue.observe(times.queue_s)
             stats.success_count += 1
-            stats.success_ns += int(seconds * 1e9)
-            stats.queue_ns += int(queue_s * 1e9)
-            stats.compute_ns += int(compute_s * 1e9)
+            stats.success_ns += nanoseconds(seconds)
+            stats.queue_ns += nanoseconds(times.queue_s)
+            stats.compute_input_ns += nanoseconds(times.compute_input_s)
+            stats.compute_infer_ns += nanoseconds(times.compute_infer_s)
+            stats.compute_output_ns += nanoseconds(times.compute_output_s)
             stats.inference_count += images
             stats.last_inference_ms = int(time.time() * 1000)
         else:
             stats.fail_count += 1
-            stats.fail_ns += int(seconds * 1e9)
+            stats.fail_ns += nanoseconds(seconds)
 
     def collect(self):
         """The Prometheus view of the counts (called by the registry when scraped)."""

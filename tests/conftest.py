@@ -76,13 +76,14 @@ def serving_repository(tmp_path_factory, trained_repository, data_dir) -> Path:
     import shutil
 
     from export.onnx import export
-    repository = tmp_path_factory.mktemp("serving_repository")
-    shutil.copytree(trained_repository / "lenet_bn", repository / "lenet_bn")
-    export("resnet18", repository, random_init=True, data_dir=str(data_dir))
-    shutil.copytree(trained_repository / "lenet_bn", repository / "broken")
-    with open(repository / "broken" / "1" / "model.onnx", "ab") as f:
-        f.write(b"tampered")
-    return repository
+
+    def build(repository: Path) -> None:
+        shutil.copytree(trained_repository / "lenet_bn", repository / "lenet_bn")
+        export("resnet18", repository, random_init=True, data_dir=str(data_dir))
+        shutil.copytree(trained_repository / "lenet_bn", repository / "broken")
+        with open(repository / "broken" / "1" / "model.onnx", "ab") as f:
+            f.write(b"tampered")
+    return built_once_per_run(tmp_path_factory, "serving_repository", build)
 
 
 @pytest.fixture(scope="module")
@@ -126,12 +127,33 @@ def shipped_repository(tmp_path_factory) -> Path:
     from cnnserve.default_repository import LOCK_FILE
     from export.defaults import build_missing
     from models import list_models
-    copy = copy_committed_models(tmp_path_factory.mktemp("shipped_repository"))
-    for model_dir in sorted((ROOT / "model_repository").iterdir()):     # built here already: rebuilt if stale
-        if (model_dir / "1").is_dir() and not (copy / model_dir.name).exists():
-            shutil.copytree(model_dir / "1", copy / model_dir.name / "1")
-            for name in ("config.pbtxt", "labels.txt"):
-                shutil.copy(model_dir / name, copy / model_dir.name / name)
-    build_missing(copy, list_models(trained=True))
-    (copy / LOCK_FILE).unlink()
-    return copy
+
+    def build(copy: Path) -> None:
+        copy_committed_models(copy)
+        for model_dir in sorted((ROOT / "model_repository").iterdir()):     # built here already: rebuilt if stale
+            if (model_dir / "1").is_dir() and not (copy / model_dir.name).exists():
+                shutil.copytree(model_dir / "1", copy / model_dir.name / "1")
+                for name in ("config.pbtxt", "labels.txt"):
+                    shutil.copy(model_dir / name, copy / model_dir.name / name)
+        build_missing(copy, list_models(trained=True))
+        (copy / LOCK_FILE).unlink()
+    return built_once_per_run(tmp_path_factory, "shipped_repository", build)
+
+
+def built_once_per_run(tmp_path_factory, name: str, build) -> Path:
+    """`build(directory)` once per test run, however many pytest-xdist workers ask: they share the folder
+    above their own temporary ones, and the run's id keeps an earlier run's directory out. Tests only read it."""
+    import shutil
+
+    from filelock import FileLock
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    shared = tmp_path_factory.getbasetemp().parent / f"run-{run_id}" if run_id else tmp_path_factory.getbasetemp()
+    shared.mkdir(exist_ok=True)
+    directory, done = shared / name, shared / f"{name}.done"
+    with FileLock(shared / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            build(directory)
+            done.touch()
+    return directory

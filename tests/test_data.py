@@ -21,7 +21,7 @@ def test_refuses_a_truncated_file(data_dir, tmp_path):
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         shutil.copy(data_dir / name, tmp_path / name)
     raw = gzip.decompress((data_dir / "t10k-images-idx3-ubyte.gz").read_bytes())
-    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[:-1000]))
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[:-1000], compresslevel=1))
     with pytest.raises(DataError, match="truncated"):
         load_fashion_mnist(tmp_path)
 

@@ -21,13 +21,14 @@ from server.metrics import Metrics, sample_value
 from server.model_store import ModelStore, ServedModel
 
 
-def served(name: str, runtime: FakeRuntime, metrics: Metrics, max_batch: int = 8) -> ServedModel:
+def served(name: str, runtime: FakeRuntime, metrics: Metrics, max_batch: int = 8, run_images: int = 0) -> ServedModel:
     metadata = ModelMetadata.from_json({
         "input": {"name": "image", "dtype": "uint8", "shape": [-1, 1, 28, 28]}, "labels": list(CLASSES),
         "outputs": [{"name": "logits", "shape": [-1, 10]}, {"name": "conv1", "shape": [-1, 2, 3, 3]}],
         "trained": True, "test_acc": 0.9, "model_file": "model.onnx", "sha256": "0" * 64})
     version = ModelVersion(name, 1, None, metadata, mc.ModelConfig(name=name))
-    batcher = Batcher(name, runtime, BatchingOptions(max_batch_size=max_batch), metrics.batch_observer(name))
+    batcher = Batcher(name, runtime, BatchingOptions(max_batch_size=max_batch, max_run_images=run_images),
+                      metrics.batch_observer(name))
     return ServedModel(name, version, runtime, batcher)
 
 
@@ -126,6 +127,37 @@ def test_statistics_and_metrics_count_every_outcome(plane, infer):
     assert sample_value(exposition, "cnnserve_requests_total", model="m", code="OK") == 1
     assert sample_value(exposition, "cnnserve_batch_size_sum", model="m") == 3
     assert sample_value(exposition, "cnnserve_request_latency_seconds_count", model="m") == 1
+
+
+def stages_ns(totals) -> int:
+    return totals.queue_ns + totals.compute_input_ns + totals.compute_infer_ns + totals.compute_output_ns
+
+
+def test_a_requests_stages_fit_in_its_time_and_its_run_counts_once(plane, infer, runtime):
+    runtime.delay = 0.005
+    infer(InferRequest("m", images=[pixels(0)] * 3, top_k=2))
+    totals = plane.metrics.totals("m", served=1)[1]
+    assert totals.success_count == 1 and totals.execution_count == 1 and list(totals.batches) == [3]
+    assert stages_ns(totals) <= totals.success_ns
+    assert totals.compute_infer_ns >= 5_000_000 and totals.queue_ns > 0
+    assert totals.compute_input_ns > 0 and totals.compute_output_ns > 0        # decoding; ranking and top-k
+    run = totals.batches[3]
+    assert run.count == 1 and run.compute_infer_ns == totals.compute_infer_ns      # the request ran alone
+    assert run.compute_input_ns <= totals.compute_input_ns and run.compute_output_ns <= totals.compute_output_ns
+
+
+def test_a_request_split_over_runs_counts_once_and_each_run_once(runtime):
+    runtime.delay = 0.002
+    metrics = Metrics()
+    store = ModelStore.__new__(ModelStore)
+    store.models = {"m": served("m", runtime, metrics, run_images=2)}
+    plane = DataPlane(store, metrics, max_response_bytes=2**20)
+    asyncio.run(plane.infer(InferRequest("m", images=[pixels(i) for i in range(5)])))
+    totals = metrics.totals("m", served=1)[1]
+    assert (totals.success_count, totals.inference_count, totals.execution_count) == (1, 5, 3)
+    assert {size: run.count for size, run in totals.batches.items()} == {2: 2, 1: 1}
+    assert totals.compute_infer_ns >= sum(run.compute_infer_ns for run in totals.batches.values()) >= 6_000_000
+    assert stages_ns(totals) <= totals.success_ns
 
 
 @pytest.mark.parametrize("batch, fragment", [

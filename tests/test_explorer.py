@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 EXAMPLE = ROOT / "examples" / "9-ankle-boot.png"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-TIMING_RUNS = 5
+TIMING_RUNS = 3
 
 
 @pytest.fixture(scope="module")

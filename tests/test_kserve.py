@@ -230,3 +230,60 @@ def test_http_statistics_count_inferences(http_server, http_client, fashion):
     after = http_client.get_inference_statistics("lenet_bn")["model_stats"][0]
     assert after["inference_count"] - before["inference_count"] == 2
     assert after["inference_stats"]["success"]["count"] == before["inference_stats"]["success"]["count"] + 1
+
+
+def test_statistics_add_up_and_every_protocol_reads_the_same(committed_repository, tmp_path, fashion):
+    """Known requests on a server of its own (gRPC and HTTP, 1, 3 and 64 images each, one at a time, and one that
+    fails), then Triton's statistics as perf_analyzer reads them: counts per request, per run and per image."""
+    import time
+
+    import tritonclient.http as thttp
+    from google.protobuf import json_format
+    from tritonclient.grpc import service_pb2 as kpb
+
+    process = SpawnedServer(committed_repository, ["--models", "lenet"], with_http=True, log_path=tmp_path / "s.log")
+    try:
+        grpc_client, http_client = tgrpc.InferenceServerClient(process.target), \
+            thttp.InferenceServerClient(process.http_target)
+        sizes = (1, 3, 64)
+        started_ms = int(time.time() * 1000)
+        for n in sizes:
+            infer(grpc_client, "lenet", fashion.test_images[:n, None])
+            tensor = thttp.InferInput("image", [n, 1, 28, 28], "UINT8")
+            tensor.set_data_from_numpy(fashion.test_images[:n, None], binary_data=True)
+            http_client.infer("lenet", [tensor])
+        finished_ms = int(time.time() * 1000)
+        with pytest.raises(InferenceServerException):
+            infer(grpc_client, "lenet", np.zeros((1, 1, 27, 28), np.uint8))
+
+        answer = grpc_client.get_inference_statistics("lenet")
+        http_answer = http_client.get_inference_statistics("lenet")
+        assert json_format.ParseDict(http_answer, kpb.ModelStatisticsResponse()) == answer
+        for name, version in (("lenet", "1"), ("", "")):        # one version, every model: the same entry
+            assert grpc_client.get_inference_statistics(name, version) == answer
+            assert http_client.get_inference_statistics(name, version) == http_answer
+        with pytest.raises(InferenceServerException) as error:
+            grpc_client.get_inference_statistics("lenet", "7")
+        assert error.value.status() == "StatusCode.NOT_FOUND"
+    finally:
+        assert process.stop() == 0, process.log()
+
+    (stats,) = answer.model_stats
+    inference, requests = stats.inference_stats, 2 * len(sizes)
+    assert stats.name == "lenet" and stats.version == "1"
+    assert (inference.success.count, inference.fail.count) == (requests, 1)
+    stages = [inference.queue, inference.compute_input, inference.compute_infer, inference.compute_output]
+    assert [stage.count for stage in stages] == [requests] * 4 and all(stage.ns > 0 for stage in stages)
+    assert stats.inference_count == 2 * sum(sizes)
+    # one request at a time, so each ran alone: one run per request, of its own size
+    assert {b.batch_size: b.compute_infer.count for b in stats.batch_stats} == {n: 2 for n in sizes}
+    assert sum(b.compute_infer.count for b in stats.batch_stats) == stats.execution_count == requests
+    for b in stats.batch_stats:
+        assert b.compute_input.count == b.compute_infer.count == b.compute_output.count
+    # A request's stages are perf_counter differences that nest inside its total; each is truncated to whole ns,
+    # and floating-point rounding of the differences (hundredths of a ns) can at most tip their sum 1 ns over.
+    assert sum(stage.ns for stage in stages) <= inference.success.ns + requests
+    # each run counts in full for its request, which adds its own decoding and top-k around the run
+    for stage in ("compute_input", "compute_infer", "compute_output"):
+        assert sum(getattr(b, stage).ns for b in stats.batch_stats) <= getattr(inference, stage).ns
+    assert started_ms <= stats.last_inference <= finished_ms
