@@ -108,6 +108,9 @@ def train(config: TrainConfig, data: FashionMNIST, *, progress: bool = True,
     model = build_model(config.arch) if model is None else model
     if config.init != "default":
         model.apply(INITS[config.init])
+    if config.class_bias is not None:      # NiN's last conv: one channel per class (models/recipes.py)
+        classes = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
+        nn.init.constant_(classes.bias, config.class_bias)
     cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = cuda
     bf16 = cuda or config.cpu_bf16

@@ -12,9 +12,10 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
-from server.errors import ServiceError
+from server.errors import InvalidArgument, ServiceError
 
 log = logging.getLogger(__name__)
+INTERNAL_ERROR = "internal server error; the server log has the details"   # all a client learns of a bug
 
 
 def grpc_errors(method):
@@ -29,21 +30,27 @@ def grpc_errors(method):
             await context.abort(grpc.StatusCode[error.status], error.message)
         except Exception:  # the RPC boundary: log the trace here, send the client a status
             log.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal server error; the server log has the details")
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR)
 
     return wrapper
 
 
 def add_servicer(server: grpc.aio.Server, servicer, service: ServiceDescriptor) -> None:
-    """Register the unary methods of `servicer`, parsing request bytes here rather than in grpcio: bytes
+    """Register the methods of `servicer`, parsing unary request bytes here rather than in grpcio: bytes
     that are not a valid message are the client's mistake (INVALID_ARGUMENT, one log line), where
-    grpcio answers INTERNAL "Exception deserializing request!" and logs a traceback. Streaming
-    methods (KServe's ModelStreamInfer) stay unregistered: UNIMPLEMENTED."""
+    grpcio answers INTERNAL "Exception deserializing request!" and logs a traceback. A bidirectional
+    method (KServe's ModelStreamInfer) gets the raw bytes of each message and parses them itself
+    (`parse_message`): there a message that does not parse is one refused request, not the end of the
+    stream. One-way streaming methods (there are none) stay unregistered: UNIMPLEMENTED."""
     handlers = {}
     for method in service.methods:
+        request_class, response_class = GetMessageClass(method.input_type), GetMessageClass(method.output_type)
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                getattr(servicer, method.name), response_serializer=response_class.SerializeToString)
+            continue
         if method.client_streaming or method.server_streaming:
             continue
-        request_class, response_class = GetMessageClass(method.input_type), GetMessageClass(method.output_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             parsing(getattr(servicer, method.name), request_class, f"{service.name}.{method.name}"),
             response_serializer=response_class.SerializeToString)
@@ -70,13 +77,20 @@ class GenericHandlersOnly:
 def parsing(method, request_class, name: str):
     async def handle(raw: bytes, context: grpc.aio.ServicerContext):
         try:
-            request = request_class.FromString(raw)
-        except DecodeError:
-            message = f"the request ({len(raw):,} bytes) is not a valid {request_class.DESCRIPTOR.full_name} message"
-            log.warning("%s refused (INVALID_ARGUMENT): %s", name, message)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+            request = parse_message(raw, request_class)
+        except InvalidArgument as error:
+            log.warning("%s refused (INVALID_ARGUMENT): %s", name, error.message)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.message)
         return await method(request, context)
     return handle
+
+
+def parse_message(raw: bytes, request_class):
+    try:
+        return request_class.FromString(raw)
+    except DecodeError:
+        raise InvalidArgument(f"the request ({len(raw):,} bytes) is not a valid "
+                              f"{request_class.DESCRIPTOR.full_name} message") from None
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:

@@ -7,14 +7,19 @@ classification extension, statistics) is in `server/kserve_protocol.py`, shared 
 """
 from __future__ import annotations
 
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator
+
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc
 
 from cnnserve.spec import INPUT_NAME, LOGITS
 from server.dataplane import DataPlane, InferRequest
-from server.errors import InvalidArgument
-from server.grpc_common import deadline_of, grpc_errors
+from server.errors import InvalidArgument, ServiceError
+from server.grpc_common import INTERNAL_ERROR, deadline_of, grpc_errors, parse_message
 from server.kserve_protocol import (
     EXTENSIONS,
     PLATFORM,
@@ -30,11 +35,18 @@ from server.kserve_protocol import (
 )
 
 SERVICE_DESCRIPTOR = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+# Requests one ModelStreamInfer stream may have read and not yet answered: enough for a stream of one-image
+# requests to fill a run of the default max_batch_size, while what a stream holds (each of these requests
+# and its answer, each up to --max-message-mb) stays bounded.
+STREAM_IN_FLIGHT = 64
+
+log = logging.getLogger(__name__)
 
 
 class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane):
         self.dataplane = dataplane
+        self._stream_numbers = itertools.count(1)     # a stream is a caller of its own for fair queuing
 
     @grpc_errors
     async def ServerLive(self, request, context):
@@ -79,6 +91,69 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def ModelInfer(self, request: kpb.ModelInferRequest, context) -> kpb.ModelInferResponse:
+        response = kpb.ModelInferResponse()
+        await self._infer(request, deadline_of(context), context.peer(), response)
+        return response
+
+    @grpc_errors
+    async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context) -> None:
+        """Triton's bidirectional stream: each ModelInferRequest read gets one ModelStreamInferResponse, its
+        `infer_response` or, when that request fails, its `error_message` (the status message a unary call
+        would get) beside its id, and the stream goes on. Requests run concurrently, through the batcher
+        like unary ones, as one caller per stream; the answers go out in request order, as Triton sends
+        them for a model that is not decoupled (a client can match an error to its request by position).
+        At most STREAM_IN_FLIGHT requests are read and not yet answered: beyond that the server reads no
+        further, and HTTP/2 flow control holds the client's next messages."""
+        caller, deadline = f"{context.peer()} stream {next(self._stream_numbers)}", deadline_of(context)
+        slots, answers, in_flight = asyncio.Semaphore(STREAM_IN_FLIGHT), asyncio.Queue(), set()
+
+        async def read() -> None:
+            while True:
+                await slots.acquire()
+                raw = await anext(requests, None)
+                if raw is None:
+                    break
+                answer = asyncio.create_task(self._stream_answer(raw, deadline, caller))
+                in_flight.add(answer)
+                answer.add_done_callback(in_flight.discard)
+                answers.put_nowait(answer)
+            answers.put_nowait(None)
+
+        async def write() -> None:
+            while (answer := await answers.get()) is not None:
+                await context.write(await answer)
+                slots.release()
+
+        reader, writer = asyncio.create_task(read()), asyncio.create_task(write())
+        try:
+            done, _ = await asyncio.wait((reader, writer), return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            # Also when the call is cancelled (the client left, the deadline passed, the server stopped): the
+            # requests in flight go with it, and those still queued in a batcher are dropped there before
+            # compute, as a cancelled unary call's are.
+            for task in (reader, writer, *in_flight):
+                task.cancel()
+
+    async def _stream_answer(self, raw: bytes, deadline: float | None, caller: str) -> kpb.ModelStreamInferResponse:
+        answer, request = kpb.ModelStreamInferResponse(), None
+        try:
+            request = parse_message(raw, kpb.ModelInferRequest)
+            await self._infer(request, deadline, caller, answer.infer_response)
+            return answer
+        except ServiceError as error:
+            log.warning("ModelStreamInfer refused (%s): %s", error.status, error.message)
+            message = error.message
+        except Exception:  # one request's boundary, as grpc_errors is a call's: log the trace, answer, go on
+            log.exception("ModelStreamInfer failed")
+            message = INTERNAL_ERROR
+        return kpb.ModelStreamInferResponse(error_message=message,
+                                            infer_response=kpb.ModelInferResponse(id=request.id if request else ""))
+
+    async def _infer(self, request: kpb.ModelInferRequest, deadline: float | None, caller: str,
+                     response: kpb.ModelInferResponse) -> None:
+        """Fill `response` in place: copying a built one into a stream's answer would copy every output's bytes."""
         if len(request.inputs) != 1:
             raise InvalidArgument(f"the request has {len(request.inputs)} inputs; send one, {INPUT_NAME!r}")
         if request.raw_input_contents and len(request.raw_input_contents) != 1:
@@ -91,9 +166,8 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
         features, classification = selected_outputs(requested)
         result = await self.dataplane.infer(InferRequest(
             model=request.model_name, version=parse_version(request.model_version), batch=image, features=features,
-            outputs_named=True, top_k=classification, top_k_field="classification", deadline=deadline_of(context),
-            caller=context.peer()))
-        response = kpb.ModelInferResponse(model_name=result.model, model_version=str(result.version), id=request.id)
+            outputs_named=True, top_k=classification, top_k_field="classification", deadline=deadline, caller=caller))
+        response.model_name, response.model_version, response.id = result.model, str(result.version), request.id
         for name, _ in requested:
             if name == LOGITS and classification:
                 strings = classification_strings(result, classification)
@@ -103,4 +177,4 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 values = result.outputs[name]
                 response.outputs.add(name=name, datatype="FP32", shape=values.shape)
                 response.raw_output_contents.append(values.astype("<f4", copy=False).tobytes())
-        return response
+

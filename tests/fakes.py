@@ -29,6 +29,13 @@ class FakeRuntime:
         self.failure: Exception | None = None    # raised by any run that holds an image of value 2
         self.delay = 0.0                         # seconds each run takes
         self.all_cores: list[bool] = []          # per run: whether it might take every core (server/core_share.py)
+        self._ran_s = 0.0                        # the runs' `delay`s, in all: the time on `clock`
+
+    def clock(self) -> float:
+        """A clock on which each run takes exactly its `delay` and nothing else passes: the batcher's clock for run
+        costs in the unit tests (Batcher's `run_clock`), so a loaded machine's late wake-ups and preemptions do
+        not move a run from the event loop to the compute thread."""
+        return self._ran_s
 
     def run(self, images, outputs, may_use_all_cores=False):
         self.all_cores.append(may_use_all_cores)
@@ -36,6 +43,7 @@ class FakeRuntime:
         self.on_run()
         self.gate.wait(5)
         time.sleep(self.delay)
+        self._ran_s += self.delay
         self.batches.append(images[:, 0, 0, 0].tolist())
         if self.failure and (images[:, 0, 0, 0] == 2).any():
             raise self.failure

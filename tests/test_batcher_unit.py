@@ -60,7 +60,7 @@ def release(fake: FakeRuntime) -> None:
 
 def test_a_lone_request_runs_at_once_and_gets_its_rows(fake):
     async def main():
-        return await Batcher("m", fake, BatchingOptions()).infer(images(7, 3), ["logits"])
+        return await Batcher("m", fake, BatchingOptions(), run_clock=fake.clock).infer(images(7, 3), ["logits"])
     result = asyncio.run(main())
     assert result.batch_size == 3 and result.outputs["logits"].shape == (3, 10)
     assert (result.outputs["logits"] == logits_of(7)).all() and list(result.outputs) == ["logits"]
@@ -68,7 +68,7 @@ def test_a_lone_request_runs_at_once_and_gets_its_rows(fake):
 
 def test_queued_requests_merge_in_arrival_order_up_to_max_batch_size(fake):
     async def main():
-        batcher = Batcher("m", fake, BatchingOptions(max_batch_size=4, max_queue_delay_s=0))
+        batcher = Batcher("m", fake, BatchingOptions(max_batch_size=4, max_queue_delay_s=0), run_clock=fake.clock)
         first = await hold_first_run(batcher, fake)
         waiting = await queue(batcher, *[(value, 1, f"caller{value}") for value in range(10, 15)])
         release(fake)
@@ -83,7 +83,8 @@ def test_queued_requests_merge_in_arrival_order_up_to_max_batch_size(fake):
 def test_a_caller_with_little_queued_overtakes_a_flood(fake):
     """Start-time fair queuing: one 1-image request runs before a flood caller's queued 4-image requests."""
     async def main():
-        batcher = Batcher("m", fake, BatchingOptions(max_batch_size=4, max_queue_delay_s=0, max_caller_images=16))
+        options = BatchingOptions(max_batch_size=4, max_queue_delay_s=0, max_caller_images=16)
+        batcher = Batcher("m", fake, options, run_clock=fake.clock)
         first = await hold_first_run(batcher, fake)
         flood = await queue(batcher, *[(value, 4, "flood") for value in (20, 21, 22, 23)])
         polite = await queue(batcher, (99, 1, "polite"))
@@ -98,7 +99,8 @@ def test_a_caller_with_little_queued_overtakes_a_flood(fake):
 
 def test_a_run_never_exceeds_max_run_images_and_sliced_requests_get_all_their_rows(fake):
     async def main():
-        batcher = Batcher("m", fake, BatchingOptions(max_batch_size=8, max_run_images=3, max_queue_delay_s=0))
+        options = BatchingOptions(max_batch_size=8, max_run_images=3, max_queue_delay_s=0)
+        batcher = Batcher("m", fake, options, run_clock=fake.clock)
         first = await hold_first_run(batcher, fake)
         big, small = await queue(batcher, (5, 8, "a"), (6, 2, "b"))
         release(fake)
@@ -112,7 +114,7 @@ def test_a_run_never_exceeds_max_run_images_and_sliced_requests_get_all_their_ro
 
 def test_a_full_queue_and_a_full_caller_share_refuse_at_once(fake):
     async def main():
-        batcher = Batcher("m", fake, BatchingOptions(max_queue_images=6, max_caller_images=3))
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_images=6, max_caller_images=3), run_clock=fake.clock)
         first = await hold_first_run(batcher, fake)
         queued = await queue(batcher, (2, 2, "a"), (3, 2, "b"))
         with pytest.raises(ResourceExhausted, match="one caller's share is 3"):
@@ -130,7 +132,7 @@ def test_a_full_queue_and_a_full_caller_share_refuse_at_once(fake):
 def test_one_caller_may_use_the_room_nobody_else_wants(fake):
     """The per-caller share applies once the queue is half full, not before (one busy connection, or a proxy)."""
     async def main():
-        batcher = Batcher("m", fake, BatchingOptions(max_queue_images=20, max_caller_images=3))
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_images=20, max_caller_images=3), run_clock=fake.clock)
         first = await hold_first_run(batcher, fake)
         queued = await queue(batcher, *[(v, 2, "busy") for v in (2, 3, 4, 5)])     # 8 images: under half
         with pytest.raises(ResourceExhausted, match="one caller's share is 3"):
@@ -142,7 +144,7 @@ def test_one_caller_may_use_the_room_nobody_else_wants(fake):
 
 def test_expired_and_cancelled_requests_are_dropped_before_compute(fake):
     async def main():
-        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0))
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0), run_clock=fake.clock)
         first = await hold_first_run(batcher, fake)
         expired = asyncio.create_task(batcher.infer(images(2), ["logits"], deadline=time.monotonic() + 0.01))
         cancelled, = await queue(batcher, (3, 1, "gone"))
@@ -160,7 +162,7 @@ def test_expired_and_cancelled_requests_are_dropped_before_compute(fake):
 @pytest.mark.parametrize("failure", [RuntimeError("onnxruntime failed"), KeyError("an output the graph lacks")])
 def test_an_exception_fails_exactly_its_batch_and_the_next_request_runs(fake, failure):
     async def main():
-        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0))
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0), run_clock=fake.clock)
         fake.failure = failure
         first = await hold_first_run(batcher, fake)
         doomed = await queue(batcher, (2, 1, "a"), (3, 1, "b"))
@@ -189,10 +191,8 @@ def test_missing_output_in_the_runtime_result_does_not_wedge_the_model(fake):
 
 def test_a_batch_waits_for_a_request_being_decoded_but_not_for_absent_company(fake):
     async def main():
-        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0.5))
-        start = time.monotonic()
-        await batcher.infer(images(1), ["logits"])
-        alone_s = time.monotonic() - start
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0.5), run_clock=fake.clock)
+        alone_s = (await batcher.infer(images(1), ["logits"])).queue_s
         with batcher.arriving():                          # a request is being decoded off the loop
             first = asyncio.create_task(batcher.infer(images(2), ["logits"]))
             await asyncio.sleep(0.05)
@@ -213,7 +213,7 @@ async def make_active(batcher: Batcher, *callers: str) -> None:
 def test_an_inline_run_waits_for_callers_that_have_been_active(fake):
     """gRPC hands the event loop one new call at a time, so without this wait every inline run had a batch of one."""
     async def main():
-        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0.5))
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0.5), run_clock=fake.clock)
         await make_active(batcher, "a", "b", "c")
         fake.batches.clear()
         tasks = []
@@ -231,7 +231,7 @@ def test_an_inline_run_waits_for_every_call_a_multiplexed_connection_had_in_flig
     """One gRPC channel, many calls in flight (HTTP/2 streams on one connection): the caller is one, its company
     is not. Counting callers, the second run went at once with one image."""
     async def main():
-        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0.5))
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0.5), run_clock=fake.clock)
         await make_active(batcher, "channel", "channel", "channel")   # three calls in flight, all answered
         fake.batches.clear()
         tasks = []
@@ -248,7 +248,7 @@ def test_the_batcher_forgets_callers_that_are_gone(fake):
     """Connections come and go; what the batcher keeps per caller must not grow with every one it has seen
     (before, a model that ran on the compute thread kept each caller's last arrival forever)."""
     async def main():
-        batcher = Batcher("m", fake, BatchingOptions())
+        batcher = Batcher("m", fake, BatchingOptions(), run_clock=fake.clock)
         fake.delay = 0.002                                   # a compute-thread model
         for i in range(200):
             await batcher.infer(images(1), ["logits"], caller=f"connection-{i}")
@@ -264,7 +264,7 @@ def test_a_caller_that_does_not_come_back_delays_a_run_by_at_most_the_queue_dela
     monkeypatch.setattr(batcher_module, "ACTIVE_CALLER_S", 0.6)
 
     async def main():
-        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0.1))
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0.1), run_clock=fake.clock)
         await make_active(batcher, "a", "b")
         waited = (await batcher.infer(images(1), ["logits"], caller="a")).queue_s   # "b" never sends again
         await asyncio.sleep(0.7)                                                     # ... and is forgotten
@@ -276,7 +276,7 @@ def test_a_caller_that_does_not_come_back_delays_a_run_by_at_most_the_queue_dela
 
 def test_a_run_on_the_compute_thread_does_not_wait_for_company(fake):
     async def main():
-        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0.5))
+        batcher = Batcher("m", fake, BatchingOptions(max_queue_delay_s=0.5), run_clock=fake.clock)
         fake.delay = 0.005                       # runs this long go to the compute thread
         await make_active(batcher, "a", "b")
         return (await batcher.infer(images(1), ["logits"], caller="a")).queue_s
@@ -286,7 +286,7 @@ def test_a_run_on_the_compute_thread_does_not_wait_for_company(fake):
 def test_only_runs_on_the_compute_thread_may_use_all_the_cores(fake):
     """A run worth handing to the compute thread may take the cores of idle workers; an inline one stays small."""
     async def main():
-        batcher = Batcher("m", fake, BatchingOptions())
+        batcher = Batcher("m", fake, BatchingOptions(), run_clock=fake.clock)
         await batcher.infer(images(1), ["logits"])      # the first run's cost is unknown: the compute thread
         await batcher.infer(images(1), ["logits"])      # a fast model: inline
         fake.delay = 0.05
@@ -301,7 +301,7 @@ def test_a_run_of_about_a_millisecond_runs_on_the_loop(fake):
     in the run's time: the first run (its cost unknown) goes to the thread, and a run would otherwise stay
     there because of the thread."""
     async def main():
-        batcher = Batcher("m", fake, BatchingOptions())
+        batcher = Batcher("m", fake, BatchingOptions(), run_clock=fake.clock)
         fake.delay = 0.0012
         for _ in range(16):
             await batcher.infer(images(1, 64), ["logits"])
@@ -315,7 +315,7 @@ def test_ranked_requests_get_classes_best_first_with_softmax_probabilities(fake)
     from server.batcher import RANKED_PROBABILITIES, RANKING, rank_classes
 
     async def main():
-        batcher = Batcher("m", fake, BatchingOptions())
+        batcher = Batcher("m", fake, BatchingOptions(), run_clock=fake.clock)
         return await asyncio.gather(batcher.infer(images(3, 2), ["logits", RANKING, RANKED_PROBABILITIES]),
                                     batcher.infer(images(4), ["logits"]))
     ranked, plain = asyncio.run(main())
