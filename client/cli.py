@@ -144,7 +144,11 @@ def models(args) -> int:
             print(f"{m.name}: NOT SERVING ({m.reason})")
             continue
         accuracy = f"test acc {m.test_acc:.4f} ({m.recipe} recipe)" if m.trained else "untrained"
-        print(f"{m.name} v{m.version}: {m.provider}, {accuracy}, max batch {m.max_batch_size}, sha256 {m.sha256[:12]}…")
+        others = f" (serving versions {', '.join(map(str, m.versions))})" if len(m.versions) > 1 else ""
+        print(f"{m.name} v{m.version}{others}: {m.provider}, {accuracy}, max batch {m.max_batch_size}, "
+              f"sha256 {m.sha256[:12]}…")
+        if m.reason:        # a version that failed to load beside the ones serving
+            print(f"    {m.reason}")
         for f in m.features:
             print(f"    {f.name:<14} {'×'.join(map(str, f.shape))}")
     return 0
@@ -177,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("classify", help="classify image files (PNG/JPEG)", formatter_class=DefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="a model the server serves (see `models`)")
-    p.add_argument("--version", type=int, default=0, help="model version; 0: the one the server loaded")
+    p.add_argument("--version", type=int, default=0, help="model version; 0: the newest the server serves")
     p.add_argument("images", nargs="+", help="PNG or JPEG files, each classified as one Fashion-MNIST image")
     p.add_argument("--top-k", type=int, default=3, help="predictions per image")
     p.add_argument("--features", help="feature maps to fetch: name,name or all")

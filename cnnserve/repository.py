@@ -74,16 +74,12 @@ def load_version(model_dir: Path, version: int | None = None) -> ModelVersion:
         version = versions[-1]
     elif version not in versions:
         raise RepositoryError(f"{model_dir.name} has no version {version}; it has {versions}")
-    config_name, metadata_name = f"{model_dir.name}/{CONFIG_FILE}", f"{model_dir.name}/{version}/{METADATA_FILE}"
-    try:
-        config = text_format.Parse((model_dir / CONFIG_FILE).read_text(), mc.ModelConfig())
-    except (OSError, UnicodeDecodeError, text_format.ParseError) as error:
-        raise RepositoryError(f"{config_name}: unreadable ({getattr(error, 'strerror', None) or error})") from None
+    metadata_name = f"{model_dir.name}/{version}/{METADATA_FILE}"
+    config = read_config(model_dir)
     try:
         record = json.loads((model_dir / str(version) / METADATA_FILE).read_text())
     except (OSError, ValueError) as error:
         raise RepositoryError(f"{metadata_name}: unreadable ({getattr(error, 'strerror', None) or error})") from None
-    check_config(config, config_name)
     try:
         metadata = ModelMetadata.from_json(record, metadata_name)
     except MetadataError as error:
@@ -97,6 +93,30 @@ def load_version(model_dir: Path, version: int | None = None) -> ModelVersion:
         raise RepositoryError(f"{model_dir.name} v{version}: {model_path.name} has sha256 {actual[:12]}…, "
                               f"but its metadata records {recorded[:12]}…; the file was changed or damaged")
     return ModelVersion(model_dir.name, version, model_path, metadata, config)
+
+
+def read_config(model_dir: Path) -> mc.ModelConfig:
+    """The model's config.pbtxt (Triton's ModelConfig in protobuf text format), checked."""
+    where = f"{model_dir.name}/{CONFIG_FILE}"
+    try:
+        config = text_format.Parse((model_dir / CONFIG_FILE).read_text(), mc.ModelConfig())
+    except (OSError, UnicodeDecodeError, text_format.ParseError) as error:
+        raise RepositoryError(f"{where}: unreadable ({getattr(error, 'strerror', None) or error})") from None
+    check_config(config, where)
+    return config
+
+
+def policy_versions(config: mc.ModelConfig, available: list[int]) -> list[int]:
+    """The versions the config's `version_policy` serves, ascending, by Triton's rules: `latest { num_versions: N }`
+    the newest N of `available` (no policy: the newest one), `all {}` every one, `specific { versions: [...] }`
+    exactly those listed, whether or not their directories exist (a missing one is the caller's to report)."""
+    policy = config.version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return list(available)
+    if choice == "specific":
+        return sorted(set(policy.specific.versions))
+    return available[-(policy.latest.num_versions if choice == "latest" else 1):] if available else []
 
 
 MAX_BATCH_SIZE = 4096                    # what an exported graph's dynamic batch dimension allows
@@ -114,6 +134,17 @@ def check_config(config: mc.ModelConfig, where: str) -> None:
         raise RepositoryError(f"{where}: dynamic_batching.max_queue_delay_microseconds {delay} must be in "
                               f"0..{MAX_QUEUE_DELAY_US}")
     max_run_images(config, where)
+    check_version_policy(config.version_policy, where)
+
+
+def check_version_policy(policy: mc.ModelVersionPolicy, where: str) -> None:
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "latest" and policy.latest.num_versions < 1:
+        raise RepositoryError(f"{where}: version_policy latest num_versions {policy.latest.num_versions} must be "
+                              f"at least 1")
+    if choice == "specific" and (not policy.specific.versions or min(policy.specific.versions) < 1):
+        raise RepositoryError(f"{where}: version_policy specific versions {list(policy.specific.versions)[:10]} must "
+                              f"list version numbers of 1 or more")
 
 
 def max_run_images(config: mc.ModelConfig, where: str = "config.pbtxt") -> int:

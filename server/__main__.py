@@ -18,6 +18,7 @@ with exit_if_missing("serve"):
     from cnnserve.default_repository import build_missing
     from server.app import ServerConfig, configure_logging, serve
     from server.cpu_limit import affinity_cpus, cpu_limit
+    from server.model_control import ALL_MODELS, MODES
     from server.runtime import GRAPH_OPTIMIZATION, RuntimeOptions
     from server.security import DEFAULT_OPEN, SecurityOptions
     from server.startup import exit_on_startup_error
@@ -85,10 +86,26 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
                         "(default: %(default)s)")
     parser.add_argument("--strict", action="store_true", help="exit when any model fails to load (default: it "
                         "stays NOT_SERVING with its reason and the others serve)")
+    parser.add_argument("--model-control-mode", choices=MODES, default=d.model_control_mode,
+                        help="none: read the repository once, at start; poll: read it again every "
+                        "--repository-poll-secs and roll out new, changed and removed versions without dropping a "
+                        "request; explicit: load only --load-model at start, then what RepositoryModelLoad and "
+                        "RepositoryModelUnload say (refused in the other modes)")
+    parser.add_argument("--repository-poll-secs", type=positive_seconds, default=d.repository_poll_s,
+                        help="poll mode: seconds between reads of the model repository")
+    parser.add_argument("--load-model", action=Repeated, metavar="NAME",
+                        help=f"explicit mode: a model to load at start (repeatable, or comma-separated; "
+                        f"'{ALL_MODELS}': every one)")
     parser.add_argument("--workers", type=workers_count, default=1, help="server processes sharing the ports "
                         "(SO_REUSEPORT), or auto: one per CPU this process may use (its cgroup quota, else affinity)")
     defaults_from_environment(parser, os.environ)
     args = parser.parse_args(argv)
+    load_models = tuple(name for item in args.load_model or () for name in item.split(",") if name)
+    if load_models and args.model_control_mode != "explicit":
+        parser.error("--load-model needs --model-control-mode explicit (in the other modes every model loads)")
+    if args.model_control_mode == "explicit" and args.workers > 1:
+        parser.error("--model-control-mode explicit with --workers: a load or unload call reaches one worker "
+                     "only, so the workers would serve different models; use --model-control-mode poll")
     runtime = RuntimeOptions(device=args.device, intra_op_threads=args.threads,
                              graph_optimization=args.graph_optimization, warmup_runs=args.warmup_runs)
     config = ServerConfig(
@@ -98,13 +115,30 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
         http_header_timeout_s=args.http_header_timeout, http_max_connections=args.http_max_connections,
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_images=args.max_queue_images, max_run_images=args.max_run_images,
-        strict=args.strict,
+        strict=args.strict, model_control_mode=args.model_control_mode,
+        repository_poll_s=args.repository_poll_secs, load_models=load_models,
         max_concurrent_rpcs=args.max_concurrent_rpcs, keepalive_s=args.keepalive,
         max_connection_idle_s=args.max_connection_idle, max_connection_age_s=args.max_connection_age,
         security=SecurityOptions(tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                                  auth_token_file=args.auth_token_file,
                                  open_without_token=tuple(n for n in args.auth_open.split(",") if n and n != "none")))
     return config, args.workers
+
+
+class Repeated(argparse.Action):
+    """A repeatable flag whose values on the command line replace its default (from the environment), as every
+    other flag's do, rather than add to it as argparse's "append" would."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(namespace, self.dest)
+        setattr(namespace, self.dest, [*(given if given is not self.default else ()), values])
+
+
+def positive_seconds(text: str) -> float:
+    seconds = float(text)
+    if not seconds > 0:
+        raise ValueError(text)
+    return seconds
 
 
 def workers_count(text: str) -> int:
@@ -128,6 +162,8 @@ def defaults_from_environment(parser: argparse.ArgumentParser, environ) -> None:
         try:
             if isinstance(action, argparse._StoreTrueAction):
                 value = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[text.lower()]
+            elif isinstance(action, Repeated):      # CNNSERVE_LOAD_MODEL=a,b
+                value = [text]
             else:
                 value = action.type(text) if action.type else text
             if action.choices and value not in action.choices:

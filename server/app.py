@@ -7,6 +7,8 @@ batcher decides where ONNX Runtime runs (`server/batcher.py`, docs/batching.md).
 
 Start-up order matters: the gRPC port opens first with every health status NOT_SERVING, then
 the models load and warm up, and only then do they (and the server as a whole) turn SERVING.
+After that, model control (`server/model_control.py`: repository polling, or load and unload calls)
+may change the versions served; each model's health follows what it serves.
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ from server.images import preload_decoders
 from server.kserve import SERVICE_DESCRIPTOR as KSERVE_DESCRIPTOR
 from server.kserve import KServeGrpcService
 from server.metrics import Metrics
-from server.model_store import ModelStore
+from server.model_control import ModelControl
+from server.model_store import ModelStore, ServedModel
 from server.reflection import enable as enable_reflection
 from server.runtime import RuntimeOptions, preload_cuda_libraries, providers_for
 from server.security import SecurityOptions, TokenInterceptor, server_credentials
@@ -80,6 +83,9 @@ class ServerConfig:
     max_queue_images: int | None = None
     max_run_images: int | None = None
     strict: bool = False                    # exit when any model fails to load (Triton's default)
+    model_control_mode: str = "none"        # none, poll or explicit (server/model_control.py)
+    repository_poll_s: float = 15.0         # poll mode: seconds between reads of the repository
+    load_models: tuple[str, ...] = ()       # explicit mode: the models loaded at start ("*": every one)
     # Connection hygiene: one client must not hold the server's threads or sockets forever.
     max_concurrent_rpcs: int = 256          # beyond this, RESOURCE_EXHAUSTED at once (streams count too)
     keepalive_s: float = 60.0               # ping idle connections this often; drop those that do not answer
@@ -104,10 +110,11 @@ def configure_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
 
 
-def add_services(server: grpc.aio.Server, dataplane: DataPlane, health_servicer: HealthServicer) -> None:
+def add_services(server: grpc.aio.Server, dataplane: DataPlane, health_servicer: HealthServicer,
+                 control: ModelControl | None = None) -> None:
     """cnnserve.v1, KServe v2, health and reflection, all as generic handlers (see GenericHandlersOnly)."""
     add_servicer(server, ClassifierService(dataplane), classifier_pb2.DESCRIPTOR.services_by_name["Classifier"])
-    add_servicer(server, KServeGrpcService(dataplane), KSERVE_DESCRIPTOR)
+    add_servicer(server, KServeGrpcService(dataplane, control), KSERVE_DESCRIPTOR)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, GenericHandlersOnly(server))
     enable_reflection(server, (SERVICE_NAME, KSERVE_DESCRIPTOR.full_name, HEALTH_SERVICE_NAME))
 
@@ -128,9 +135,12 @@ async def serve_async(config: ServerConfig) -> None:
         "max_queue_delay_s": None if config.max_queue_delay_ms is None else config.max_queue_delay_ms / 1e3,
         "max_queue_images": config.max_queue_images, "max_run_images": config.max_run_images}, metrics, cores)
     dataplane = DataPlane(store, metrics, max_response_bytes=config.max_message_mb * 2**20, cores=cores)
-    health = HealthServicer(["", SERVICE_NAME, KSERVE_DESCRIPTOR.full_name, *store.models])
-    http = None if config.http_port is None else HttpFront(config, security, http_routes(dataplane, config))
-    server = await start_grpc(config, security, dataplane, health)
+    control = ModelControl(store, config.model_control_mode, config.repository_poll_s, config.load_models)
+    initial = control.initial_models()
+    health = HealthServicer(["", SERVICE_NAME, KSERVE_DESCRIPTOR.full_name,
+                             *(initial if initial is not None else store.model_names())])
+    http = None if config.http_port is None else HttpFront(config, security, http_routes(dataplane, config, control))
+    server = await start_grpc(config, security, dataplane, health, control)
     if http:
         http.start()
         log.info("KServe v2 HTTP on http://%s:%d/v2, the explorer page on http://%s:%d/", config.host,
@@ -140,7 +150,7 @@ async def serve_async(config: ServerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
 
-    await asyncio.to_thread(store.load_all)      # off the loop: health answers NOT_SERVING meanwhile
+    await control.start(initial)      # models built off the loop: health answers NOT_SERVING meanwhile
     if config.strict and store.failures():
         await server.stop(0)
         failures = "; ".join(f"{name}: {reason}" for name, reason in store.failures().items())
@@ -148,9 +158,11 @@ async def serve_async(config: ServerConfig) -> None:
     preload_decoders()
     set_aside_startup_objects()
     announce_serving(store, health, config)
+    store.on_change = lambda model: follow_model(store, health, model)
 
     await stopping.wait()
     await shut_down(config, dataplane, health, http, server)
+    await control.close()
     if publisher:
         publisher.cancel()
         metrics.publish()           # the last of this worker's counts stay in the other workers' answers
@@ -173,12 +185,13 @@ def start_metrics(config: ServerConfig, security) -> Metrics:
     return metrics
 
 
-def http_routes(dataplane: DataPlane, config: ServerConfig) -> list:
+def http_routes(dataplane: DataPlane, config: ServerConfig, control: ModelControl) -> list:
     """What the HTTP port serves: KServe v2 under /v2, and the explorer page (which calls it) at /."""
-    return [*KServeHttp(dataplane, config.max_message_mb * 2**20).routes, *explorer_routes()]
+    return [*KServeHttp(dataplane, config.max_message_mb * 2**20, control).routes, *explorer_routes()]
 
 
-async def start_grpc(config: ServerConfig, security, dataplane: DataPlane, health: HealthServicer) -> grpc.aio.Server:
+async def start_grpc(config: ServerConfig, security, dataplane: DataPlane, health: HealthServicer,
+                     control: ModelControl) -> grpc.aio.Server:
     """The gRPC server on its port, every health status NOT_SERVING until the models are in."""
     # gRPC turns SO_REUSEPORT on by default; only --workers wants it, elsewhere a busy port must be an error.
     server = grpc.aio.server(options=[*message_limits(config.max_message_mb),
@@ -186,7 +199,7 @@ async def start_grpc(config: ServerConfig, security, dataplane: DataPlane, healt
                              maximum_concurrent_rpcs=config.max_concurrent_rpcs,
                              interceptors=[TokenInterceptor(security.token, security.open_without_token)]
                              if security.token else [])
-    add_services(server, dataplane, health)
+    add_services(server, dataplane, health, control)
     address = f"{config.host}:{config.port}"
     if not port_is_free(config.host, config.port, config.slot.reuse_port):
         raise StartupError(f"cannot listen on {address}: the port is in use or the address is not this machine's "
@@ -233,14 +246,25 @@ def set_aside_startup_objects() -> None:
 def announce_serving(store: ModelStore, health: HealthServicer, config: ServerConfig) -> None:
     """Each ready model SERVING, and the server as a whole once any model is."""
     for name, model in store.models.items():
+        health.add(name)
         health.set(name, SERVING if model.ready else NOT_SERVING)
     ready = [name for name, model in store.models.items() if model.ready]
     for name in ("", SERVICE_NAME, KSERVE_DESCRIPTOR.full_name):
         health.set(name, SERVING if ready else NOT_SERVING)
     log.info("%s: %d of %d models ready (%s)", "SERVING" if ready else "NOT_SERVING", len(ready),
              len(store.models), ", ".join(ready) or "none")
-    if not store.models:
+    if not store.models and config.model_control_mode != "explicit":
         log.warning("the model repository %s holds no model directories: nothing to serve", config.model_repository)
+
+
+def follow_model(store: ModelStore, health: HealthServicer, model: ServedModel) -> None:
+    """After start-up, a model's health follows what it serves (SERVING while any version does, through a swap
+    too); the server as a whole is SERVING while any model is."""
+    health.add(model.name)
+    health.set(model.name, SERVING if model.ready else NOT_SERVING)
+    serving = SERVING if any(m.ready for m in store.models.values()) else NOT_SERVING
+    for name in ("", SERVICE_NAME, KSERVE_DESCRIPTOR.full_name):
+        health.set(name, serving)
 
 
 async def shut_down(config: ServerConfig, dataplane: DataPlane, health: HealthServicer, http: HttpFront | None,

@@ -158,10 +158,14 @@ class Batcher:
         self._closed = True
 
     def shutdown(self) -> None:
-        """After close() and drain: stop the scheduler and the compute thread."""
+        """After close() and drain: stop the scheduler and the compute thread, and let go of the runtime. The
+        scheduler task and this batcher form a reference cycle that waits for the garbage collector (forever,
+        for objects set aside at start-up by gc.freeze): a released version's ONNX Runtime sessions, and their
+        memory, must not wait with it."""
         if self._scheduler:
             self._scheduler.cancel()
         self._compute.shutdown(wait=False)
+        self.runtime = None
 
     def _notify(self) -> None:
         if self._changed is not None:
@@ -181,11 +185,17 @@ class Batcher:
                 continue
             try:
                 await self._wait_for_company()
-                batch = self._take_batch()
-                if batch:
-                    await self._run(batch)
+                await self._run_next()
             except Exception:   # never let the model's only scheduler die: later requests would hang
                 log.exception("%s: the batch scheduler failed; it goes on", self.name)
+
+    async def _run_next(self) -> None:
+        """Take a batch and run it. The batch lives in this frame only: its requests hold their outputs, which
+        may be views of ONNX Runtime's memory, and the scheduler's own frame lives as long as the batcher (after a
+        model version is released, until the garbage collector finds the batcher's reference cycle)."""
+        batch = self._take_batch()
+        if batch:
+            await self._run(batch)
 
     async def _wait_for_company(self) -> None:
         """Hold the next run, up to the delay after the first request in line, while more requests are on their

@@ -28,7 +28,7 @@ from server.core_share import CoreShare
 from server.errors import InvalidArgument, NotFound, ResourceExhausted, ServiceError, Unavailable, quote
 from server.images import DecodeBudget, decode_encoded, decode_tensor
 from server.metrics import Metrics, StageTimes
-from server.model_store import ModelStore, ServedModel
+from server.model_store import ModelStore, ServedModel, ServedVersion
 
 # The response-size rule: framing of one image's results in any protocol, beyond the payload. The explorer
 # page reads these from the model metadata (HTTP `parameters`) to warn before it asks for too much.
@@ -71,7 +71,7 @@ class PixelBatch:
 @dataclass(slots=True)
 class InferRequest:
     model: str
-    version: int = 0                             # 0: the version the server loaded
+    version: int = 0                             # 0: the newest version served
     images: Sequence[EncodedImage | PixelImage] = ()
     batch: PixelBatch | None = None              # or the whole batch at once: uint8 [N, 1, side, side]
     features: Sequence[str] = ()                 # feature maps beside the logits, or ["all"]
@@ -143,21 +143,23 @@ class DataPlane:
     def ready(self) -> bool:
         """Server readiness, as Triton's strict readiness: every model to be served is loaded and warm, and the
         server is not shutting down. A model that failed to load keeps the server not ready (it serves the
-        others all the same): a readiness probe must not send traffic to a replica missing a model."""
-        return bool(self.store.models) and all(model.ready for model in self.store.models.values()) \
-            and not self.draining
+        others all the same): a readiness probe must not send traffic to a replica missing a model. A model
+        unloaded by a call, or one a load call failed to bring up, is not one to be served."""
+        wanted = [model for model in self.store.models.values() if model.wanted]
+        return bool(wanted) and all(model.ready for model in wanted) and not self.draining
 
     def models(self) -> list[ServedModel]:
-        """Every model the server was asked to serve, ready or not, in name order."""
+        """Every model the server serves or was asked to, ready or not."""
         return list(self.store.models.values())
 
     def model_ready(self, name: str, version: int = 0) -> bool:
         """Whether `name` (at `version`; 0: any) is loaded and ready; False for a model not served."""
         model = self.store.models.get(name)
-        return bool(model and model.ready and version in (0, model.version.version))
+        return bool(model and model.ready and (not version or version in model.versions))
 
-    def model(self, name: str, version: int = 0) -> ServedModel:
-        """A ready model (NotFound, or Unavailable with its reason)."""
+    def model(self, name: str, version: int = 0) -> ServedVersion:
+        """A version that serves: `version`, or the newest (NotFound naming those served, or Unavailable with the
+        reason)."""
         return self.store.get(name, version)
 
     def described(self, name: str) -> ServedModel:
@@ -186,7 +188,7 @@ class DataPlane:
         start = time.perf_counter()
         served = self.store.models.get(request.model)
         label = request.model if served else "<unknown>"
-        self.metrics.started(label, served.version.version if served and served.version else 0)
+        self.metrics.started(label)
         status, result = "INTERNAL", None
         try:
             result = await self._infer(request, start)
@@ -203,11 +205,22 @@ class DataPlane:
             raise
         finally:
             self.metrics.finished(label)
-            self.metrics.record(label, status, time.perf_counter() - start,
+            if result:
+                version = result.version
+            else:       # a refusal counts for the version asked for when it serves, else for none chosen (0)
+                version = request.version if served and request.version in served.versions else 0
+            self.metrics.record(label, version, status, time.perf_counter() - start,
                                 *((result.outputs[LOGITS].shape[0], result.times) if result else ()))
 
     async def _infer(self, request: InferRequest, start: float) -> InferResult:
         model = self.model(request.model, request.version)
+        model.enter()         # from here until answered: a version swapped out meanwhile drains before its release
+        try:
+            return await self._infer_on(model, request, start)
+        finally:
+            model.leave()
+
+    async def _infer_on(self, model: ServedVersion, request: InferRequest, start: float) -> InferResult:
         labels = model.version.labels
         top_k = check_top_k(request.top_k, len(labels), request.top_k_field) if request.top_k else 0
         features = requested_features(model, list(request.features), request.outputs_named)
@@ -236,7 +249,7 @@ class DataPlane:
         return InferResult(model.name, model.version.version, labels, outputs, top_indices, top_probabilities,
                            decode_s, times, result.batch_size, features, pixels)
 
-    def check_response_size(self, model: ServedModel, n_images: int, features: list[str], itemsize: int,
+    def check_response_size(self, model: ServedVersion, n_images: int, features: list[str], itemsize: int,
                             top_k: int) -> None:
         """Refuse before compute a response that would exceed the message limit, saying by how much."""
         values = model.version.output_values
@@ -259,7 +272,7 @@ def check_top_k(top_k: int, classes: int, field: str = "top_k") -> int:
     return top_k
 
 
-def requested_features(model: ServedModel, requested: list[str], outputs_named: bool = False) -> list[str]:
+def requested_features(model: ServedVersion, requested: list[str], outputs_named: bool = False) -> list[str]:
     """The requested feature maps in the model's order: by cnnserve.v1's rule ("all" means every one), or
     as KServe's outputs, where the logits are an output too and "all" is just a name."""
     if outputs_named:

@@ -41,3 +41,7 @@ class Unavailable(ServiceError):
 
 class DeadlineExceeded(ServiceError):
     status = "DEADLINE_EXCEEDED"
+
+
+class FailedPrecondition(ServiceError):
+    status = "FAILED_PRECONDITION"

@@ -2,10 +2,10 @@
 
 grpcio-health-checking's servicer keeps every service name ever watched (a 1 MB name costs 1 MB
 for the life of the process), answers List with UNIMPLEMENTED, and sends to watchers while
-holding its lock, which can deadlock the server. This one knows a fixed set of services (the
-server, each API and each model, registered at start-up), answers Watch of any other name with
-SERVICE_UNKNOWN without keeping anything of it once the stream ends, and runs on the server's
-event loop: an open Watch is a suspended coroutine, not a thread.
+holding its lock, which can deadlock the server. This one knows a bounded set of services (the
+server, each API, and each model, registered at start-up or when the model appears in the repository),
+answers Watch of any other name with SERVICE_UNKNOWN without keeping anything of it once the stream
+ends, and runs on the server's event loop: an open Watch is a suspended coroutine, not a thread.
 """
 from __future__ import annotations
 
@@ -27,8 +27,15 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         self._watchers: dict[str, set[asyncio.Queue]] = {name: set() for name in services}
         self._frozen = False
 
+    def add(self, service: str) -> None:
+        """Know one more service (a model that appeared in the repository), NOT_SERVING until set."""
+        if service not in self._status:
+            self._status[service] = NOT_SERVING
+            self._watchers[service] = set()
+
     def set(self, service: str, status: int) -> None:
-        if self._frozen or service not in self._status:
+        """Watchers hear of changes only (a status set again is no news)."""
+        if self._frozen or self._status.get(service, status) == status:
             return
         self._status[service] = status
         for queue in self._watchers[service]:

@@ -40,10 +40,12 @@ from server.kserve_protocol import (
     repository_index,
     selected_outputs,
     serialize_bytes,
+    served_versions,
     server_version,
     statistics,
     tensor_metadata,
 )
+from server.model_control import ModelControl
 from server.security import SecurityOptions
 from server.startup import StartupError
 
@@ -51,8 +53,8 @@ if TYPE_CHECKING:
     from server.app import ServerConfig
 
 log = logging.getLogger(__name__)
-STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503,
-          "DEADLINE_EXCEEDED": 504, "CANCELLED": 499, "INTERNAL": 500}
+STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429,
+          "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "CANCELLED": 499, "INTERNAL": 500}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # A JSON part costs ~30 bytes of Python objects per number once parsed; 64 images as JSON numbers
 # are about 200 kB, so JSON beyond this is refused before parsing (binary tensors have no such cost).
@@ -83,15 +85,20 @@ def guarded_endpoint(handler):
 
 
 class KServeHttp:
-    def __init__(self, dataplane: DataPlane, max_body_bytes: int):
+    def __init__(self, dataplane: DataPlane, max_body_bytes: int, control: ModelControl | None = None):
         self.dataplane = dataplane
+        self.control = control              # what answers the repository extension (None: a harness that infers)
         self.max_body_bytes = max_body_bytes
         endpoint = guarded_endpoint
         model = "/v2/models/{name}"
         versioned = "/v2/models/{name}/versions/{version}"
+        # {name:path}: a name with a '/' reaches the name check (INVALID_ARGUMENT), not a bare 404
+        repository_model = "/v2/repository/models/{name:path}"
         routes = [Route("/v2/health/live", endpoint(self.live)), Route("/v2/health/ready", endpoint(self.ready)),
                   Route("/v2", endpoint(self.server_metadata)),
                   Route("/v2/repository/index", endpoint(self.repository_index), methods=["POST"]),
+                  Route(repository_model + "/load", endpoint(self.load_model), methods=["POST"]),
+                  Route(repository_model + "/unload", endpoint(self.unload_model), methods=["POST"]),
                   Route("/v2/models/stats", endpoint(self.model_stats))]     # every model's: before /v2/models/{name}
         for path in (model, versioned):
             routes += [Route(path, endpoint(self.model_metadata)), Route(path + "/ready", endpoint(self.model_ready)),
@@ -117,7 +124,8 @@ class KServeHttp:
         model = self.model(request)
         inputs, outputs = tensor_metadata(model)
         tensors = lambda items: [{"name": n, "datatype": d, "shape": s} for n, d, s in items]
-        return JSONResponse({"name": model.name, "versions": [str(model.version.version)], "platform": PLATFORM,
+        return JSONResponse({"name": model.name, "versions": served_versions(self.dataplane, model.name),
+                             "platform": PLATFORM,
                              "inputs": tensors(inputs), "outputs": tensors(outputs),
                              "parameters": self.model_parameters(model)})
 
@@ -145,7 +153,40 @@ class KServeHttp:
         return JSONResponse(statistics(self.dataplane, params.get("name", ""), params.get("version", "")))
 
     async def repository_index(self, request: Request) -> Response:
-        return JSONResponse(repository_index(self.dataplane))
+        ready = (await self.json_object(request)).get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidArgument("ready must be true or false")
+        return JSONResponse(await repository_index(self.control, ready))
+
+    async def load_model(self, request: Request) -> Response:
+        await self.control.load(request.path_params["name"], self.parameters(await self.json_object(request)))
+        return Response()
+
+    async def unload_model(self, request: Request) -> Response:
+        await self.control.unload(request.path_params["name"], self.parameters(await self.json_object(request)))
+        return Response()
+
+    async def json_object(self, request: Request) -> dict:
+        """A small JSON object body (the repository extension's), or {} for an empty one."""
+        body = await self.body(request)
+        if not body.strip():
+            return {}
+        if len(body) > MAX_JSON_BYTES:
+            raise ResourceExhausted(f"the request body is {len(body):,} bytes, over the limit of {MAX_JSON_BYTES:,}")
+        try:
+            value = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise InvalidArgument("the request body must be a JSON object") from None
+        if not isinstance(value, dict):
+            raise InvalidArgument("the request body must be a JSON object")
+        return value
+
+    @staticmethod
+    def parameters(body: dict) -> list[str]:
+        parameters = body.get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise InvalidArgument("parameters must be a JSON object")
+        return list(parameters)
 
     async def body(self, request: Request) -> bytearray:
         """The request body, refused once it passes the message limit (never read whole first). One growing

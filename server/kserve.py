@@ -3,7 +3,8 @@
 The messages and service stubs are the ones `tritonclient` ships (`tritonclient.grpc.service_pb2`),
 so Triton's clients, perf_analyzer and anything else that speaks the protocol can call cnnserve.
 What the protocol means whatever carries it (versions, the `image` input, outputs, the
-classification extension, statistics) is in `server/kserve_protocol.py`, shared with HTTP.
+classification extension, statistics, the repository extension) is in `server/kserve_protocol.py`
+and `server/model_control.py`, shared with HTTP.
 """
 from __future__ import annotations
 
@@ -29,10 +30,12 @@ from server.kserve_protocol import (
     repository_index,
     selected_outputs,
     serialize_bytes,
+    served_versions,
     server_version,
     statistics,
     tensor_metadata,
 )
+from server.model_control import ModelControl, check_repository
 
 SERVICE_DESCRIPTOR = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 # Requests one ModelStreamInfer stream may have read and not yet answered: enough for a stream of one-image
@@ -44,8 +47,10 @@ log = logging.getLogger(__name__)
 
 
 class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane):
+    def __init__(self, dataplane: DataPlane, control: ModelControl | None = None):
+        """`control`: what answers the repository extension (None: a harness that only infers)."""
         self.dataplane = dataplane
+        self.control = control
         self._stream_numbers = itertools.count(1)     # a stream is a caller of its own for fair queuing
 
     @grpc_errors
@@ -70,7 +75,7 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
         inputs, outputs = tensor_metadata(model)
         tensor = kpb.ModelMetadataResponse.TensorMetadata
         return kpb.ModelMetadataResponse(
-            name=model.name, versions=[str(model.version.version)], platform=PLATFORM,
+            name=model.name, versions=served_versions(self.dataplane, model.name), platform=PLATFORM,
             inputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in inputs],
             outputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in outputs])
 
@@ -81,8 +86,19 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def RepositoryIndex(self, request, context):
-        return json_format.ParseDict({"models": repository_index(self.dataplane, request.ready)},
+        check_repository(request.repository_name)
+        return json_format.ParseDict({"models": await repository_index(self.control, request.ready)},
                                      kpb.RepositoryIndexResponse())
+
+    @grpc_errors
+    async def RepositoryModelLoad(self, request, context):
+        await self.control.load(request.model_name, request.parameters.keys(), request.repository_name)
+        return kpb.RepositoryModelLoadResponse()
+
+    @grpc_errors
+    async def RepositoryModelUnload(self, request, context):
+        await self.control.unload(request.model_name, request.parameters.keys(), request.repository_name)
+        return kpb.RepositoryModelUnloadResponse()
 
     @grpc_errors
     async def ModelStatistics(self, request, context):

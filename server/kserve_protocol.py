@@ -1,7 +1,7 @@
 """KServe v2 (Open Inference Protocol) whatever transport carries it: gRPC (`server/kserve.py`) and
 HTTP (`server/http.py`) both convert their messages with these: versions, the `image` input (for
 the data plane to check), outputs and the classification extension, tensor metadata, statistics
-and the repository index in the protocol's JSON shapes.
+and the repository extension (index, load, unload; server/model_control.py) in the protocol's shapes.
 
 What differs from Triton on purpose: with no outputs requested the logits alone come back (Triton
 returns every output; here that would be every feature map); only the `image` input exists.
@@ -17,10 +17,11 @@ from cnnserve.spec import INPUT_NAME, LOGITS, parse_decimal
 from server.dataplane import DataPlane, InferResult, PixelBatch
 from server.errors import InvalidArgument, NotFound, quote
 from server.metrics import Totals
-from server.model_store import ServedModel
+from server.model_control import ModelControl
+from server.model_store import ServedVersion
 
 PLATFORM = "onnxruntime_onnx"
-EXTENSIONS = ["classification", "model_configuration", "statistics", "binary_tensor_data"]
+EXTENSIONS = ["classification", "model_configuration", "model_repository", "statistics", "binary_tensor_data"]
 
 
 def server_version() -> str:
@@ -31,7 +32,7 @@ def server_version() -> str:
 
 
 def parse_version(text: str) -> int:
-    """'' means the loaded version; otherwise a positive integer."""
+    """'' means the newest version served; otherwise a positive integer."""
     if not text:
         return 0
     version = parse_decimal(text)
@@ -72,7 +73,12 @@ def serialize_bytes(strings: np.ndarray) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in (s.encode() for s in strings.reshape(-1)))
 
 
-def tensor_metadata(model: ServedModel) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
+def served_versions(dataplane: DataPlane, name: str) -> list[str]:
+    """Every version of a model that serves now, for ModelMetadata's `versions`."""
+    return [str(version) for version in dataplane.described(name).versions]
+
+
+def tensor_metadata(model: ServedVersion) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
     """(name, datatype, shape with -1 for the batch) of the inputs and the outputs."""
     meta = model.version.metadata
     inputs = [(meta.input.name, "UINT8", list(meta.input.shape))]
@@ -91,10 +97,12 @@ def statistics(dataplane: DataPlane, name: str = "", version: str = "") -> dict:
 
 
 def model_statistics(dataplane: DataPlane, name: str, version: int = 0) -> list[dict]:
-    """One model's ModelStatistics, one per version (0: every version counted), over all worker processes.
-    What each stage measures: server/metrics.py `StageTimes`."""
+    """One model's ModelStatistics, one per version (0: every version served or counted), over all worker
+    processes. What each stage measures: server/metrics.py `StageTimes`."""
     model = dataplane.described(name)
-    by_version = dataplane.metrics.totals(name, model.version.version if model.version else 0)
+    by_version = dataplane.metrics.totals(name, model.default_version)
+    for served in model.versions:
+        by_version.setdefault(served, Totals(version=served))
     if version and version not in by_version:
         raise NotFound(f"model {quote(name)} has no statistics for version {version}; it has them for version(s) "
                        f"{', '.join(str(v) for v in sorted(by_version) if v) or 'none'}")
@@ -120,8 +128,8 @@ def version_statistics(name: str, s: Totals) -> dict:
                             for size, b in sorted(s.batches.items())]}
 
 
-def repository_index(dataplane: DataPlane, ready_only: bool = False) -> list[dict]:
-    """The repository index in the protocol's JSON shape."""
-    return [{"name": m.name, "version": str(m.version.version) if m.version else "",
-             "state": "READY" if m.ready else "UNAVAILABLE", "reason": m.error or ""}
-            for m in dataplane.models() if m.ready or not ready_only]
+async def repository_index(control: ModelControl, ready_only: bool = False) -> list[dict]:
+    """The repository index in the protocol's JSON shape: a row per model version (state READY, LOADING,
+    UNLOADING or UNAVAILABLE, and why), a row without a version for a model that has none."""
+    return [{"name": entry.name, "version": str(entry.version) if entry.version else "", "state": entry.state,
+             "reason": entry.reason} for entry in await control.index(ready_only)]

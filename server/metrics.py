@@ -98,7 +98,7 @@ class Totals:
     """One model version's totals in the shape of Triton's ModelStatistics (KServe v2 `ModelStatistics`). Each
     stage's count is `success_count` (one per successful request, as Triton counts them) and its ns are summed over
     those requests (`StageTimes`)."""
-    version: int = 0             # the version served when counted: 0 while the model was not loaded
+    version: int = 0             # the version that answered; 0: refused before one was chosen
     success_count: int = 0
     success_ns: int = 0
     fail_count: int = 0
@@ -117,7 +117,7 @@ class Totals:
         return sum(batch.count for batch in self.batches.values())
 
     def to_json(self) -> dict:
-        """Just the totals (of a ModelStats too), as the workers publish them."""
+        """The totals as the workers publish them."""
         return {**{name: getattr(self, name) for name in SCALARS},
                 "batches": {size: asdict(batch) for size, batch in self.batches.items()}}
 
@@ -139,14 +139,22 @@ SUMMED = [name for name in SCALARS if name not in ("version", "last_inference_ms
 
 
 @dataclass
-class ModelStats(Totals):
-    """One model's counts: its ModelStatistics totals and the Prometheus series."""
+class ModelStats:
+    """One model's counts: the ModelStatistics totals of each of its versions, and the Prometheus series (one per
+    model, whichever version answered)."""
+    versions: dict[int, Totals] = field(default_factory=dict)   # by version; 0: requests refused before one was chosen
     in_flight: int = 0           # requests being handled now
     codes: Counter = field(default_factory=Counter)        # finished requests by gRPC status name
     latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))     # per request, seconds
     queue: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))       # per request, seconds
     compute: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))     # per run, seconds
     batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))    # per run, images
+
+    def version(self, version: int) -> Totals:
+        totals = self.versions.get(version)
+        if totals is None:
+            totals = self.versions[version] = Totals(version=version)
+        return totals
 
 
 def nanoseconds(seconds: float) -> int:
@@ -170,18 +178,18 @@ class Metrics:
 
     def totals(self, model: str, served: int) -> dict[int, Totals]:
         """A model's ModelStatistics totals by version: this process's, plus the other workers' last published
-        ones, each worker's counted for the version it serves (workers differ only where one, replaced after the
-        repository changed, loaded another). `served` is the version this process serves; it always has an
-        entry, and counts made by a worker that had not loaded the model (failures: version 0) go to it."""
+        ones. `served` is the version this process serves by default; it always has an entry, and requests
+        refused before a version was chosen (version 0: an unknown version, a model not loaded) count for it."""
         by_version = {served: Totals(version=served)}
-        for published in [self.model(model).to_json(), *(others[model] for others in self._others() if model in others)]:
+        mine = [totals.to_json() for totals in self.model(model).versions.values()]
+        for published in [*mine, *(totals for others in self._others() for totals in others.get(model, ()))]:
             version = published["version"] or served
             by_version.setdefault(version, Totals(version=version)).add(Totals.from_json(published))
         return by_version
 
     def publish(self) -> None:
         """Share this worker's totals (written whole, then renamed: readers never see half a file)."""
-        totals = {name: stats.to_json() for name, stats in self.stats.items()}
+        totals = {name: [totals.to_json() for totals in stats.versions.values()] for name, stats in self.stats.items()}
         path = self.shared_dir / f"worker-{self.worker}.json"
         partial = path.with_suffix(".partial")
         partial.write_text(json.dumps(totals))
@@ -196,7 +204,7 @@ class Metrics:
             log.warning("cannot share statistics with the other workers any more (%s)", error.strerror or error)
 
     def _others(self) -> list[dict]:
-        """The other workers' last published totals: {model: totals} each."""
+        """The other workers' last published totals: {model: [totals of each version]} each."""
         if self.shared_dir is None:
             return []
         published = []
@@ -214,51 +222,52 @@ class Metrics:
             stats = self.stats[name] = ModelStats()
         return stats
 
-    def started(self, model: str, version: int = 0) -> None:
-        """A request for `model` is being handled; `version`: the version served (0: not loaded). A process serves
-        one version of a model for its life, so its counts are that version's."""
-        stats = self.model(model)
-        stats.in_flight += 1
-        stats.version = version or stats.version
+    def started(self, model: str) -> None:
+        """A request for `model` is being handled."""
+        self.model(model).in_flight += 1
 
     def finished(self, model: str) -> None:
         self.stats[model].in_flight -= 1
 
-    def batch_observer(self, model: str):
-        """A callback for the batcher: records one ONNX Runtime run of `size` images and its stages' seconds
-        (`StageTimes`, for the run as a whole)."""
+    def batch_observer(self, model: str, version: int):
+        """A callback for a version's batcher: records one ONNX Runtime run of `size` images and its stages' seconds
+        (`StageTimes`, for the run as a whole). It holds names, not the model: a version released is not kept."""
         def observe(size: int, input_s: float, infer_s: float, output_s: float) -> None:
             stats = self.model(model)
             stats.batch_size.observe(size)
             stats.compute.observe(infer_s)
-            batch = stats.batches.get(size)
+            batches = stats.version(version).batches
+            batch = batches.get(size)
             if batch is None:
-                batch = stats.batches[size] = BatchTotals()
+                batch = batches[size] = BatchTotals()
             batch.count += 1
             batch.compute_input_ns += nanoseconds(input_s)
             batch.compute_infer_ns += nanoseconds(infer_s)
             batch.compute_output_ns += nanoseconds(output_s)
         return observe
 
-    def record(self, model: str, status: str, seconds: float, images: int = 0, times: StageTimes = StageTimes()) -> None:
-        """One finished inference request, whatever protocol carried it: `seconds` in all, and for a successful
-        one its images and the stages of those seconds."""
+    def record(self, model: str, version: int, status: str, seconds: float, images: int = 0,
+               times: StageTimes = StageTimes()) -> None:
+        """One finished inference request, whatever protocol carried it, answered by `version` (0: refused before
+        a version was chosen): `seconds` in all, and for a successful one its images and the stages of those
+        seconds."""
         stats = self.model(model)
         stats.codes[status] += 1
+        totals = stats.version(version)
         if status == "OK":
             stats.latency.observe(seconds)
             stats.queue.observe(times.queue_s)
-            stats.success_count += 1
-            stats.success_ns += nanoseconds(seconds)
-            stats.queue_ns += nanoseconds(times.queue_s)
-            stats.compute_input_ns += nanoseconds(times.compute_input_s)
-            stats.compute_infer_ns += nanoseconds(times.compute_infer_s)
-            stats.compute_output_ns += nanoseconds(times.compute_output_s)
-            stats.inference_count += images
-            stats.last_inference_ms = int(time.time() * 1000)
+            totals.success_count += 1
+            totals.success_ns += nanoseconds(seconds)
+            totals.queue_ns += nanoseconds(times.queue_s)
+            totals.compute_input_ns += nanoseconds(times.compute_input_s)
+            totals.compute_infer_ns += nanoseconds(times.compute_infer_s)
+            totals.compute_output_ns += nanoseconds(times.compute_output_s)
+            totals.inference_count += images
+            totals.last_inference_ms = int(time.time() * 1000)
         else:
-            stats.fail_count += 1
-            stats.fail_ns += nanoseconds(seconds)
+            totals.fail_count += 1
+            totals.fail_ns += nanoseconds(seconds)
 
     def collect(self):
         """The Prometheus view of the counts (called by the registry when scraped)."""

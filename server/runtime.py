@@ -5,6 +5,8 @@ back to the CPU when the CUDA provider cannot start.
 """
 from __future__ import annotations
 
+import ctypes
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,18 @@ def providers_for(device: str) -> list[str]:
                 f"or use --device auto / cpu")
         return [CUDA, CPU]
     return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+# glibc's malloc_trim, where there is one (None elsewhere: musl and other C libraries unmap large blocks when freed)
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform.startswith("linux") else None
+
+
+def release_freed_memory() -> None:
+    """Give the operating system the pages that released sessions freed. glibc keeps freed memory for reuse: a
+    session's weights and arena leave holes in its heaps, and without this the server's RSS would stay near its
+    peak after an unload, and creep up over many loads and unloads. It walks every heap: call it off the loop."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def preload_cuda_libraries() -> None:

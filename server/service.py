@@ -78,20 +78,22 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
 
 
 def model_info(model: ServedModel) -> pb.ModelInfo:
-    info = pb.ModelInfo(name=model.name, ready=model.ready, reason=model.error or "")
-    if model.version is None:
+    """The model as its newest served version describes it; `reason` also when a version failed beside it."""
+    info = pb.ModelInfo(name=model.name, ready=model.ready, reason=model.reason, versions=list(model.versions))
+    served = model.default
+    if served is None:
         return info
-    metadata = model.version.metadata
-    shapes = model.version.output_shapes
-    info.version = model.version.version
+    metadata = served.version.metadata
+    shapes = served.version.output_shapes
+    info.version = served.version.version
     info.input.CopyFrom(pb.TensorSpec(name=metadata.input.name, shape=metadata.input.shape[1:],
                                       dtype=metadata.input.dtype))
-    info.labels.extend(model.version.labels)
-    info.features.extend(pb.TensorSpec(name=n, shape=shapes[n], dtype="float32") for n in model.feature_names)
-    info.provider = model.runtime.provider
+    info.labels.extend(served.version.labels)
+    info.features.extend(pb.TensorSpec(name=n, shape=shapes[n], dtype="float32") for n in served.feature_names)
+    info.provider = served.runtime.provider
     info.trained = metadata.trained
     info.test_acc = metadata.test_acc or 0.0
     info.sha256 = metadata.sha256
-    info.max_batch_size = model.batcher.options.max_batch_size
+    info.max_batch_size = served.batcher.options.max_batch_size
     info.recipe = metadata.recipe
     return info

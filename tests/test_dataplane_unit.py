@@ -18,7 +18,7 @@ from server.core_share import CoreShare
 from server.dataplane import DataPlane, EncodedImage, InferRequest, PixelBatch, PixelImage, check_batch, decode_images
 from server.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from server.metrics import Metrics, sample_value
-from server.model_store import ModelStore, ServedModel
+from server.model_store import ModelStore, ServedModel, ServedVersion
 
 
 def served(name: str, runtime: FakeRuntime, metrics: Metrics, max_batch: int = 8, run_images: int = 0) -> ServedModel:
@@ -28,8 +28,8 @@ def served(name: str, runtime: FakeRuntime, metrics: Metrics, max_batch: int = 8
         "trained": True, "test_acc": 0.9, "model_file": "model.onnx", "sha256": "0" * 64})
     version = ModelVersion(name, 1, None, metadata, mc.ModelConfig(name=name))
     batcher = Batcher(name, runtime, BatchingOptions(max_batch_size=max_batch, max_run_images=run_images),
-                      metrics.batch_observer(name))
-    return ServedModel(name, version, runtime, batcher)
+                      metrics.batch_observer(name, 1))
+    return ServedModel(name, {1: ServedVersion(name, version, runtime, batcher)})
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_a_worker_is_busy_for_the_others_while_it_has_requests_in_flight(plane, 
 @pytest.mark.parametrize("request_, error, fragment", [
     (InferRequest("x" * 1_000_000), NotFound, "(1,000,000 characters)"),
     (InferRequest("broken", images=[pixels(0)]), Unavailable, "bad sha256"),
-    (InferRequest("m", version=2, images=[pixels(0)]), NotFound, "version 1 loaded, not 2"),
+    (InferRequest("m", version=2, images=[pixels(0)]), NotFound, "no version 2 served; it serves version 1"),
     (InferRequest("m"), InvalidArgument, "images is empty"),
     (InferRequest("m", images=[pixels(0)] * 9), InvalidArgument, "the limit for one request is 8"),
     (InferRequest("m", images=[pixels(0)], top_k=11), InvalidArgument, "between 1 and 10"),
@@ -120,8 +120,8 @@ def test_statistics_and_metrics_count_every_outcome(plane, infer):
     infer(InferRequest("m", images=[pixels(0)] * 3))
     with pytest.raises(InvalidArgument):
         infer(InferRequest("m", images=[pixels(0)], top_k=99))
-    stats = plane.metrics.stats["m"]
-    assert (stats.success_count, stats.fail_count, stats.inference_count, stats.execution_count) == (1, 1, 3, 1)
+    totals = plane.metrics.totals("m", served=1)[1]
+    assert (totals.success_count, totals.fail_count, totals.inference_count, totals.execution_count) == (1, 1, 3, 1)
     exposition = generate_latest(plane.metrics.registry).decode()     # what a scrape of /metrics gets
     assert sample_value(exposition, "cnnserve_requests_total", model="m", code="INVALID_ARGUMENT") == 1
     assert sample_value(exposition, "cnnserve_requests_total", model="m", code="OK") == 1

@@ -117,7 +117,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "ready", "reason", "input", "labels", "features", "provider", "trained", "test_acc", "sha256", "max_batch_size", "recipe")
+    __slots__ = ("name", "version", "ready", "reason", "input", "labels", "features", "provider", "trained", "test_acc", "sha256", "max_batch_size", "recipe", "versions")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,7 @@ class ModelInfo(_message.Message):
     SHA256_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     ready: bool
@@ -144,7 +145,8 @@ class ModelInfo(_message.Message):
     sha256: str
     max_batch_size: int
     recipe: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., ready: _Optional[bool] = ..., reason: _Optional[str] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., provider: _Optional[str] = ..., trained: _Optional[bool] = ..., test_acc: _Optional[float] = ..., sha256: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., recipe: _Optional[str] = ...) -> None: ...
+    versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., ready: _Optional[bool] = ..., reason: _Optional[str] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., provider: _Optional[str] = ..., trained: _Optional[bool] = ..., test_acc: _Optional[float] = ..., sha256: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., recipe: _Optional[str] = ..., versions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -41,13 +41,16 @@ async function init() {
 // ---- models and examples ----
 
 async function loadModels() {
-  const index = await api.listModels();
-  const described = await Promise.all(index.map(async (entry) => {
+  const rows = new Map();     // the index has a row per version: a model is ready when any of its versions is
+  for (const entry of await api.listModels()) {
+    if (!rows.has(entry.name) || entry.state === "READY") rows.set(entry.name, entry);
+  }
+  const described = await Promise.all([...rows.values()].map(async (entry) => {
     if (entry.state !== "READY") return { name: entry.name, ready: false, reason: entry.reason };
     const meta = await api.modelMetadata(entry.name);
     const [logits, ...taps] = meta.outputs;
     return {
-      name: meta.name, version: meta.versions[0], ready: true, parameters: meta.parameters ?? {},
+      name: meta.name, version: meta.versions.at(-1), ready: true, parameters: meta.parameters ?? {},
       classes: logits.shape[1], inputShape: meta.inputs[0].shape,
       taps: taps.map((output) => ({ name: output.name, shape: output.shape.slice(1) })),
     };

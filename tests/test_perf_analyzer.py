@@ -1,0 +1,65 @@
+"""Triton's perf_analyzer, the load generator people point at KServe v2 servers, against a real server: every
+protocol and mode runs to exit 0 and reads the server's statistics (its "Server:" section, which needs
+compute_input/infer/output counts that agree); shared memory, which cnnserve does not offer, is refused with a
+clear error and the server keeps serving. Slow: the first run sets up perf_analyzer's Debian 13 chroot
+(`../shared/perf_analyzer/setup.sh`: it needs a newer glibc than this machine's)."""
+import subprocess
+
+import pytest
+
+from client.spawn import ROOT, SpawnedServer
+
+pytestmark = pytest.mark.slow
+SETUP = ROOT.parent / "shared" / "perf_analyzer" / "setup.sh"
+# Windows of 20 requests (a time window on a busy machine may hold one, which perf_analyzer cannot use) that need
+# not agree with each other (the machine is shared): this checks that it runs and reads, not speed.
+WINDOWS = ["--measurement-mode", "count_windows", "--measurement-request-count", "20", "--stability-percentage", "999",
+           "--max-trials", "5"]
+
+
+@pytest.fixture(scope="module")
+def perf_analyzer() -> str:
+    assert SETUP.is_file(), f"{SETUP} is missing: the shared recipe for perf_analyzer"
+    setup = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=1200)
+    assert setup.returncode == 0, setup.stderr[-3000:]
+    return setup.stdout.split()[-1]      # the wrapper that runs it in the chroot
+
+
+@pytest.fixture(scope="module")
+def server(committed_repository, tmp_path_factory):
+    process = SpawnedServer(committed_repository, ["--models", "lenet_bn"], with_http=True,
+                            log_path=tmp_path_factory.mktemp("perf_analyzer") / "server.log")
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+def perf(wrapper: str, server, protocol: str, *args: str) -> subprocess.CompletedProcess:
+    url = server.target if protocol == "grpc" else server.http_target
+    return subprocess.run([wrapper, "-m", "lenet_bn", "-i", protocol, "-u", url, *WINDOWS, *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+# 64-image requests at up to 16 callers: 64 × 64 images in flight would pass the model's queue limit
+# (--max-queue-images, 16 full batches by default), which refuses what it cannot hold rather than queue it.
+@pytest.mark.parametrize("batch,concurrency", [(1, "1:64:63"), (64, "1:16:15")])
+@pytest.mark.parametrize("protocol,mode", [("grpc", "--sync"), ("grpc", "--async"), ("grpc", "--streaming"),
+                                           ("http", "--sync"), ("http", "--async")])
+def test_perf_analyzer_runs_clean_and_reads_the_server_side_times(perf_analyzer, server, protocol, mode, batch,
+                                                                   concurrency):
+    result = perf(perf_analyzer, server, protocol, mode, "-b", str(batch), "--concurrency-range", concurrency)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    report = result.stdout
+    assert report.count("Server: ") == 2, report[-3000:]          # one per concurrency level
+    for stage in ("queue", "compute input", "compute infer", "compute output"):
+        assert stage in report, report[-3000:]
+    assert "Inferences/Second vs. Client" in report
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_shared_memory_is_refused_clearly_and_the_server_keeps_serving(perf_analyzer, server, protocol):
+    result = perf(perf_analyzer, server, protocol, "--shared-memory", "system", "--concurrency-range", "1")
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert "does not offer shared memory" in said, said[-3000:]
+    assert "Segmentation" not in said and "core dumped" not in said
+    assert perf(perf_analyzer, server, protocol, "--concurrency-range", "1").returncode == 0
