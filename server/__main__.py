@@ -103,9 +103,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
     load_models = tuple(name for item in args.load_model or () for name in item.split(",") if name)
     if load_models and args.model_control_mode != "explicit":
         parser.error("--load-model needs --model-control-mode explicit (in the other modes every model loads)")
-    if args.model_control_mode == "explicit" and args.workers > 1:
-        parser.error("--model-control-mode explicit with --workers: a load or unload call reaches one worker "
-                     "only, so the workers would serve different models; use --model-control-mode poll")
     runtime = RuntimeOptions(device=args.device, intra_op_threads=args.threads,
                              graph_optimization=args.graph_optimization, warmup_runs=args.warmup_runs)
     config = ServerConfig(

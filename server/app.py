@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from cnnserve.proto import classifier_pb2
 from cnnserve.spec import DEFAULT_MAX_MESSAGE_MB, message_limits
+from server.control_log import ControlLog
 from server.core_share import CoreShare
 from server.dataplane import DataPlane
 from server.explorer import explorer_routes
@@ -58,8 +59,9 @@ class WorkerSlot:
     """The plumbing the supervisor hands each of `--workers` processes (server/workers.py), apart from the
     user's settings; a lone server has the default."""
     index: int = 0
+    workers: int = 1                        # how many share the ports
     reuse_port: bool = False                # the workers share the ports
-    shared_statistics: Path | None = None   # the directory where the workers share their totals
+    shared_statistics: Path | None = None   # the directory where the workers share their totals and model control
     busy_workers: MutableSequence[int] | None = None   # one shared byte per worker (server/core_share.py)
 
 
@@ -135,7 +137,8 @@ async def serve_async(config: ServerConfig) -> None:
         "max_queue_delay_s": None if config.max_queue_delay_ms is None else config.max_queue_delay_ms / 1e3,
         "max_queue_images": config.max_queue_images, "max_run_images": config.max_run_images}, metrics, cores)
     dataplane = DataPlane(store, metrics, max_response_bytes=config.max_message_mb * 2**20, cores=cores)
-    control = ModelControl(store, config.model_control_mode, config.repository_poll_s, config.load_models)
+    control = ModelControl(store, config.model_control_mode, config.repository_poll_s, config.load_models,
+                           control_log(config))
     initial = control.initial_models()
     health = HealthServicer(["", SERVICE_NAME, KSERVE_DESCRIPTOR.full_name,
                              *(initial if initial is not None else store.model_names())])
@@ -169,6 +172,14 @@ async def serve_async(config: ServerConfig) -> None:
     dataplane.close()
     store.close()
     log.info("stopped")
+
+
+def control_log(config: ServerConfig) -> ControlLog | None:
+    """With --workers in explicit mode: the log of load and unload commands that every worker follows."""
+    slot = config.slot
+    if config.model_control_mode != "explicit" or slot.workers < 2 or slot.shared_statistics is None:
+        return None
+    return ControlLog(slot.shared_statistics / "model-control", slot.index, slot.workers)
 
 
 def start_metrics(config: ServerConfig, security) -> Metrics:

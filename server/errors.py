@@ -45,3 +45,7 @@ class DeadlineExceeded(ServiceError):
 
 class FailedPrecondition(ServiceError):
     status = "FAILED_PRECONDITION"
+
+
+class Unimplemented(ServiceError):
+    status = "UNIMPLEMENTED"

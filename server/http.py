@@ -29,10 +29,11 @@ from starlette.routing import Route
 
 from cnnserve.spec import INPUT_NAME, LOGITS, parse_decimal
 from server.dataplane import RESPONSE_OVERHEAD_BYTES, DataPlane, EncodedImage, InferRequest, InferResult, PixelBatch
-from server.errors import InvalidArgument, ResourceExhausted, ServiceError
+from server.errors import InvalidArgument, ResourceExhausted, ServiceError, Unimplemented
 from server.http_guard import MAX_HEADER_BYTES, GuardedH11Protocol, HeaderLimit, TokenCheck, json_http_error
 from server.kserve_protocol import (
     EXTENSIONS,
+    NO_SHARED_MEMORY,
     PLATFORM,
     classification_strings,
     image_input,
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429,
-          "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "CANCELLED": 499, "INTERNAL": 500}
+          "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "CANCELLED": 499, "INTERNAL": 500, "UNIMPLEMENTED": 501}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # A JSON part costs ~30 bytes of Python objects per number once parsed; 64 images as JSON numbers
 # are about 200 kB, so JSON beyond this is refused before parsing (binary tensors have no such cost).
@@ -99,7 +100,12 @@ class KServeHttp:
                   Route("/v2/repository/index", endpoint(self.repository_index), methods=["POST"]),
                   Route(repository_model + "/load", endpoint(self.load_model), methods=["POST"]),
                   Route(repository_model + "/unload", endpoint(self.unload_model), methods=["POST"]),
-                  Route("/v2/models/stats", endpoint(self.model_stats))]     # every model's: before /v2/models/{name}
+                  Route("/v2/models/stats", endpoint(self.model_stats)),     # every model's: before /v2/models/{name}
+                  # the shared-memory extension's routes, so its clients learn why, not just "404"
+                  *(Route(f"/v2/{kind}/{path}", endpoint(self.shared_memory), methods=["GET", "POST"])
+                    for kind in ("systemsharedmemory", "cudasharedmemory")
+                    for path in ("status", "region/{region:path}/status", "register", "unregister",
+                                 "region/{region:path}/register", "region/{region:path}/unregister"))]
         for path in (model, versioned):
             routes += [Route(path, endpoint(self.model_metadata)), Route(path + "/ready", endpoint(self.model_ready)),
                        Route(path + "/config", endpoint(self.model_config)),
@@ -147,6 +153,9 @@ class KServeHttp:
     async def model_config(self, request: Request) -> Response:
         config = self.model(request).version.config
         return JSONResponse(json_format.MessageToDict(config, preserving_proto_field_name=True))
+
+    async def shared_memory(self, request: Request) -> Response:
+        raise Unimplemented(NO_SHARED_MEMORY)
 
     async def model_stats(self, request: Request) -> Response:
         params = request.path_params

@@ -19,10 +19,11 @@ from tritonclient.grpc import service_pb2_grpc
 
 from cnnserve.spec import INPUT_NAME, LOGITS
 from server.dataplane import DataPlane, InferRequest
-from server.errors import InvalidArgument, ServiceError
+from server.errors import InvalidArgument, ServiceError, Unimplemented
 from server.grpc_common import INTERNAL_ERROR, deadline_of, grpc_errors, parse_message
 from server.kserve_protocol import (
     EXTENSIONS,
+    NO_SHARED_MEMORY,
     PLATFORM,
     classification_strings,
     image_input,
@@ -104,6 +105,13 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(self, request, context):
         return json_format.ParseDict(statistics(self.dataplane, request.name, request.version),
                                      kpb.ModelStatisticsResponse())
+
+    @grpc_errors
+    async def SystemSharedMemoryStatus(self, request, context):
+        raise Unimplemented(NO_SHARED_MEMORY)
+
+    SystemSharedMemoryRegister = SystemSharedMemoryUnregister = SystemSharedMemoryStatus
+    CudaSharedMemoryStatus = CudaSharedMemoryRegister = CudaSharedMemoryUnregister = SystemSharedMemoryStatus
 
     @grpc_errors
     async def ModelInfer(self, request: kpb.ModelInferRequest, context) -> kpb.ModelInferResponse:

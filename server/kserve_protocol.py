@@ -21,6 +21,10 @@ from server.model_control import ModelControl
 from server.model_store import ServedVersion
 
 PLATFORM = "onnxruntime_onnx"
+# The shared-memory extensions (system and CUDA) are not offered; what a client that asks for them is told, on
+# gRPC and HTTP:
+NO_SHARED_MEMORY = ("cnnserve does not offer shared memory (system or CUDA): send the input tensors in the request "
+                    "(raw_input_contents over gRPC, binary data over HTTP) and read the outputs from the response")
 EXTENSIONS = ["classification", "model_configuration", "model_repository", "statistics", "binary_tensor_data"]
 
 

@@ -11,6 +11,10 @@ Triton's modes, with Triton's names and meaning:
 Every change goes through `ModelStore.update` or `ModelStore.unload`, which never drop a request; changes to one
 model are serialized by a lock of its own. Load and unload name a directory of the configured repository, and
 nothing else: no path, no config or file contents from the caller.
+
+With `--workers N`, poll mode needs nothing more: each worker polls the repository on its own, so all of them
+apply a change within one poll interval of its appearing. In explicit mode a load or unload goes through a log of
+commands that every worker follows (server/control_log.py), and answers once every worker applied it.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cnnserve.repository import RepositoryError
-from server.errors import FailedPrecondition, InvalidArgument, NotFound, quote
+from server.control_log import FOLLOW_S, LOAD, UNLOAD, WAIT_S, ControlLog
+from server.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ServiceError, quote
 from server.model_store import ModelStore, ServedModel, scan, versions_text
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,13 @@ class IndexEntry:
     version: int
     state: str          # READY, LOADING, UNLOADING or UNAVAILABLE
     reason: str
+
+
+def load_failure(model: ServedModel | None) -> str:
+    """Why a load did not serve the whole model ("": it did)."""
+    if model is not None and model.ready and not model.failed and not model.error:
+        return ""
+    return f"load failed for model {model.name if model else '?'!r}: {model.reason if model else 'not loaded'}"
 
 
 def check_name(name: str) -> None:
@@ -90,13 +102,15 @@ def version_entries(model: ServedModel) -> list[IndexEntry]:
 
 
 class ModelControl:
-    def __init__(self, store: ModelStore, mode: str = "none", poll_s: float = 15.0, load_models: Iterable[str] = ()):
+    def __init__(self, store: ModelStore, mode: str = "none", poll_s: float = 15.0, load_models: Iterable[str] = (),
+                 commands: ControlLog | None = None):
         if mode not in MODES:
             raise ValueError(f"model control mode {mode!r} is not one of {', '.join(MODES)}")
         self.store, self.mode, self.poll_s = store, mode, poll_s
         self.load_models = tuple(load_models)
         self._locks: dict[str, asyncio.Lock] = {}       # one per model of the repository or of the store
-        self._poller: asyncio.Task | None = None
+        self._poller: asyncio.Task | None = None      # the repository poll, or the command log's follower
+        self.commands = commands if mode == "explicit" else None    # with --workers: the log the workers follow
         self._repository_error: str | None = None       # the last one logged, so a lasting one is logged once
 
     def initial_models(self) -> list[str] | None:
@@ -117,6 +131,8 @@ class ModelControl:
         """Load `names` (None: every model of the repository), then poll in poll mode. Every one of them is known
         (not ready) from the start, so that readiness waits for the last of them."""
         names = names if names is not None else await asyncio.to_thread(self.store.model_names)
+        last_word, last = await asyncio.to_thread(self.commands.last_word) if self.commands else ({}, 0)
+        names = [*(n for n in names if n not in last_word), *(n for n, c in last_word.items() if c.action == LOAD)]
         for name in names:
             self.store.models.setdefault(name, ServedModel(name))
         for name in names:
@@ -124,6 +140,17 @@ class ModelControl:
                 await self._apply(name)
         if self.mode == "poll":
             self._poller = asyncio.get_running_loop().create_task(self._poll_forever(), name="repository-poll")
+        if self.commands:       # what the others serve: models unloaded show as such, not as never loaded
+            for command in last_word.values():
+                if command.action == UNLOAD:
+                    self.store.models.setdefault(command.name, ServedModel(command.name, error="unloaded", wanted=False))
+                model = self.store.models.get(command.name)
+                if model is not None:
+                    model.wanted = command.action == LOAD and model.ready
+                self.commands.acknowledge(command.sequence, load_failure(model) if command.action == LOAD else "")
+            if last:
+                self.commands.acknowledge(last, "")
+            self._poller = asyncio.get_running_loop().create_task(self._follow_forever(), name="model-control-log")
 
     async def close(self) -> None:
         if self._poller is not None:
@@ -185,13 +212,19 @@ class ModelControl:
         names = await asyncio.to_thread(self.store.model_names)
         if name not in names:
             raise NotFound(f"model {quote(name)} is not in the model repository; it has: {', '.join(names) or 'none'}")
+        if self.commands:
+            await self._through_every_worker(LOAD, name)
+        else:
+            await self._load(name)
+
+    async def _load(self, name: str) -> None:
         async with self._lock(name):
             before = self.store.models.get(name)
             was_wanted = before is not None and before.wanted
             model = await self._apply(name, retry_failed=True)
             model.wanted = was_wanted or model.ready      # a model that never loaded does not hold readiness down
-            if not model.ready or model.failed or model.error:
-                raise InvalidArgument(f"load failed for model {name!r}: {model.reason}")
+            if load_failure(model):
+                raise InvalidArgument(load_failure(model))
         log.info("RepositoryModelLoad: model %s serves %s", name, versions_text(model.versions))
 
     async def unload(self, name: str, parameters: Iterable[str] = (), repository: str = "") -> None:
@@ -203,14 +236,54 @@ class ModelControl:
         check_parameters(parameters, UNLOAD_PARAMETERS, "RepositoryModelUnload")
         if name not in self.store.models:
             if name in await asyncio.to_thread(self.store.model_names):
-                return                       # not loaded: nothing to unload
-            raise NotFound(f"model {quote(name)} is neither loaded nor in the model repository")
+                if not self.commands:
+                    return                   # not loaded: nothing to unload (here; other workers may have it)
+            else:
+                raise NotFound(f"model {quote(name)} is neither loaded nor in the model repository")
+        if self.commands:
+            await self._through_every_worker(UNLOAD, name)
+        else:
+            await self._unload(name)
+
+    async def _unload(self, name: str) -> None:
         async with self._lock(name):
             model = self.store.models.get(name)
             if model is not None:
                 model.wanted = False
                 await self.store.unload(name)
         log.info("RepositoryModelUnload: model %s unloaded", name)
+
+    async def _through_every_worker(self, action: str, name: str) -> None:
+        """Log the command, and answer once every worker applied it (this one too, by following the log)."""
+        sequence = await asyncio.to_thread(self.commands.append, action, name)
+        outcomes = await self.commands.wait(sequence)
+        silent = [worker for worker, outcome in outcomes.items() if outcome is None]
+        failed = {worker: outcome for worker, outcome in outcomes.items() if outcome}
+        call = "RepositoryModelLoad" if action == LOAD else "RepositoryModelUnload"
+        if failed:
+            raise InvalidArgument(f"{call} of model {name!r} failed on {len(failed)} of {len(outcomes)} workers: "
+                                  + "; ".join(f"worker {worker}: {reason}" for worker, reason in failed.items())
+                                  + (f"; worker(s) {', '.join(map(str, silent))} did not answer" if silent else ""))
+        if silent:
+            raise DeadlineExceeded(f"{call} of model {name!r}: worker(s) {', '.join(map(str, silent))} of "
+                                   f"{len(outcomes)} did not apply it within {WAIT_S:.0f} s (the "
+                                   f"others did); they apply it when they can, or when they restart")
+
+    async def _follow_forever(self) -> None:
+        """Apply the commands of the log in order, acknowledging each, until cancelled."""
+        while True:
+            await asyncio.sleep(FOLLOW_S)
+            for command in await asyncio.to_thread(self.commands.commands, self.commands.applied):
+                try:
+                    await (self._load if command.action == LOAD else self._unload)(command.name)
+                    outcome = ""
+                except ServiceError as error:
+                    outcome = str(error)
+                except Exception as error:  # a bug must not stop this worker following: report it, follow on
+                    log.exception("model control command %d (%s %s) failed", command.sequence, command.action,
+                                  command.name)
+                    outcome = f"internal error: {error!r}"
+                await asyncio.to_thread(self.commands.acknowledge, command.sequence, outcome)
 
     async def index(self, ready_only: bool = False) -> list[IndexEntry]:
         """Every model of the repository (those --models allows) and every model loaded, by name, then version."""

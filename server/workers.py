@@ -59,8 +59,8 @@ def worker_configs(config: ServerConfig, workers: int, shared: Path, cpus: int,
     if runtime.intra_op_threads == 0:
         share = max(1, cpus // workers)
         runtime = replace(runtime, intra_op_threads=share, solo_threads=cpus if cpus > share else 0)
-    return [replace(config, runtime=runtime, slot=WorkerSlot(index, reuse_port=True, shared_statistics=shared,
-                                                              busy_workers=busy),
+    return [replace(config, runtime=runtime,
+                    slot=WorkerSlot(index, workers, reuse_port=True, shared_statistics=shared, busy_workers=busy),
                     metrics_port=None if config.metrics_port is None else config.metrics_port + index)
             for index in range(workers)]
 

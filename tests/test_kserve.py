@@ -287,3 +287,17 @@ def test_statistics_add_up_and_every_protocol_reads_the_same(committed_repositor
     for stage in ("compute_input", "compute_infer", "compute_output"):
         assert sum(getattr(b, stage).ns for b in stats.batch_stats) <= getattr(inference, stage).ns
     assert started_ms <= stats.last_inference <= finished_ms
+
+
+def test_shared_memory_is_refused_with_what_to_do_instead(client, http_client, http_server):
+    """cnnserve offers no shared memory; a client that asks learns why on either protocol, and the server goes on."""
+    calls = [lambda c: c.register_system_shared_memory("region", "/cnnserve-test", 64),
+             lambda c: c.unregister_system_shared_memory(), lambda c: c.get_system_shared_memory_status(),
+             lambda c: c.unregister_cuda_shared_memory()]
+    for protocol_client, status in ((client, "StatusCode.UNIMPLEMENTED"), (http_client, "501")):
+        for call in calls:
+            with pytest.raises(InferenceServerException) as error:
+                call(protocol_client)
+            assert "does not offer shared memory" in error.value.message(), error.value
+            assert str(error.value.status()) == status, error.value.status()
+    assert client.is_server_ready() and http_client.is_server_ready()

@@ -7,7 +7,9 @@ load/unload cycles leave behind.
 Versions are written as export writes them: built under a hidden name in the model's directory, then renamed."""
 import contextlib
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +32,7 @@ from tritonclient.utils import InferenceServerException
 from client.callers import PROTOCOLS, Callers
 from client.spawn import ROOT, SpawnedServer
 from cnnserve.proto import classifier_pb2 as pb
+from cnnserve.proto import classifier_pb2_grpc as pb_grpc
 
 POLL_S = 0.5
 TOKEN = "model-control-token-0123456789"
@@ -320,3 +323,80 @@ def test_load_unload_cycles_give_the_memory_back(serving_repository, tmp_path):
         grown = rss_mb(server.process.pid) - before
     assert grown < 30, f"RSS grew {grown:.0f} MB over 50 load/unload cycles of resnet18"
     assert server.log().count("model resnet18 v1 drained and released") == 51
+
+
+# --workers 2: every connection is a worker picked by SO_REUSEPORT, so each check opens many connections.
+CONNECTIONS = 24
+
+
+def announced_pids(log: str) -> set[int]:
+    """The workers that finished starting (SERVING or, with nothing loaded, NOT_SERVING)."""
+    return {int(pid) for pid in re.findall(r"\[(\d+)\]: (?:NOT_)?SERVING: ", log)}
+
+
+def on_new_connections(server: SpawnedServer, version: int = 0) -> list:
+    """Classify once on each of CONNECTIONS new connections (a subchannel pool of its own: no connection shared):
+    the version that answered, or the refusal's status code."""
+    outcomes = []
+    for _ in range(CONNECTIONS):
+        with grpc.insecure_channel(server.target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            try:
+                outcomes.append(pb_grpc.ClassifierStub(channel).Classify(
+                    pb.ClassifyRequest(model="lenet_bn", version=version, images=[PIXELS]), timeout=10).version)
+            except grpc.RpcError as error:
+                outcomes.append(error.code())
+    return outcomes
+
+
+def test_with_two_workers_load_and_unload_reach_every_worker_and_a_failed_load_says_where(repository, tmp_path):
+    """Explicit mode, --workers 2: an unload through any worker (tritonclient gRPC and HTTP, each call a new
+    connection) leaves no connection answered; a load brings every connection back; a replaced worker follows what
+    the others serve; a broken version's load fails naming the workers and why, and version 1 serves on."""
+    with serving(repository, tmp_path, "--model-control-mode", "explicit", "--load-model", "lenet_bn", "--workers",
+                 "2", with_http=True) as server:
+        wait_for(lambda: len(announced_pids(server.log())) == 2, 60, "both workers started")
+        assert set(on_new_connections(server)) == {1}
+        for round_ in range(3):
+            unload, load = ((tgrpc.InferenceServerClient(server.target).unload_model,
+                             thttp.InferenceServerClient(server.http_target).load_model) if round_ % 2 == 0 else
+                            (thttp.InferenceServerClient(server.http_target).unload_model,
+                             tgrpc.InferenceServerClient(server.target).load_model))
+            unload("lenet_bn")
+            assert set(on_new_connections(server)) == {grpc.StatusCode.UNAVAILABLE}, "a worker still serves"
+            load("lenet_bn")
+            assert set(on_new_connections(server)) == {1}, "a worker does not serve"
+        log = server.log()
+        assert len(set(re.findall(r"\[(\d+)\]: RepositoryModelUnload: model lenet_bn unloaded", log))) == 2
+
+        tgrpc.InferenceServerClient(server.target).unload_model("lenet_bn")
+        pids = announced_pids(server.log())
+        os.kill(min(pids), signal.SIGKILL)
+        wait_for(lambda: len(announced_pids(server.log()) - pids) == 1, 60, "a replacement worker")
+        assert set(on_new_connections(server)) == {grpc.StatusCode.UNAVAILABLE}, "the replacement serves lenet_bn"
+        tgrpc.InferenceServerClient(server.target).load_model("lenet_bn")
+        assert set(on_new_connections(server)) == {1}
+
+        add_version(repository / "lenet_bn", 2, damage=True)
+        with pytest.raises(InferenceServerException) as failed:
+            tgrpc.InferenceServerClient(server.target).load_model("lenet_bn")
+        message = failed.value.message()
+        assert failed.value.status() == "StatusCode.INVALID_ARGUMENT", message
+        assert "failed on 2 of 2 workers" in message and "worker 0:" in message and "worker 1:" in message, message
+        assert "sha256" in message
+        assert set(on_new_connections(server)) == {1}, "version 1 serves on in every worker"
+
+
+def test_with_two_workers_polling_serves_a_new_version_on_every_worker_within_two_poll_intervals(repository,
+                                                                                                  tmp_path):
+    with serving(repository, tmp_path, "--model-control-mode", "poll", "--repository-poll-secs", str(POLL_S),
+                 "--workers", "2") as server:
+        wait_for(lambda: len(announced_pids(server.log())) == 2, 60, "both workers started")
+        assert set(on_new_connections(server)) == {1}
+        appeared = add_version(repository / "lenet_bn", 2)
+        wait_for(lambda: set(on_new_connections(server)) == {2}, 30, "every worker serving version 2")
+        converged = time.monotonic() - appeared
+        assert set(on_new_connections(server)) == {2}
+        log = server.log()
+    assert len(set(re.findall(r"\[(\d+)\]: .*model lenet_bn v1 drained and released", log))) == 2
+    # one round of CONNECTIONS checks may start just before the last worker swapped: allow for it
+    assert converged < 2 * POLL_S + 1.0, f"every worker served version 2 {converged:.2f} s after it appeared"
