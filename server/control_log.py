@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,7 @@ class ControlLog:
 
     def append(self, action: str, name: str) -> int:
         """The command's sequence number: the next one free, taken by creating its file exclusively."""
-        partial = self.directory / f".command.{os.getpid()}.partial"
+        partial = self.directory / f".command.{os.getpid()}.{threading.get_ident()}.partial"   # this call's own
         sequence = max((command.sequence for command in self.commands()), default=0) + 1
         while True:
             partial.write_text(json.dumps({"sequence": sequence, "action": action, "name": name}))

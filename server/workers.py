@@ -2,7 +2,9 @@
 many-core host is not limited by one Python process. The parent supervises them (`Supervisor`:
 a worker that dies is replaced) and forwards SIGTERM/SIGINT. Each worker's metrics port is
 `--metrics-port` + its index; KServe ModelStatistics answers count all workers (they share their
-totals through a private temporary directory, `server/metrics.py`).
+totals through a private temporary directory, `server/metrics.py`). In explicit model control, a load or
+unload that reaches one worker reaches all of them through a log of commands in the same directory
+(`server/control_log.py`).
 
 The workers share the cores: unless `--threads` says otherwise, each worker's ONNX Runtime sessions
 get cores / workers intra-op threads (at least one), not one per core each, because busy workers

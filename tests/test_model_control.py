@@ -5,6 +5,7 @@ the repository extension's refusals (mode, token, names that are paths); and, sl
 load/unload cycles leave behind.
 
 Versions are written as export writes them: built under a hidden name in the model's directory, then renamed."""
+import asyncio
 import contextlib
 import os
 import re
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -33,6 +35,7 @@ from client.callers import PROTOCOLS, Callers
 from client.spawn import ROOT, SpawnedServer
 from cnnserve.proto import classifier_pb2 as pb
 from cnnserve.proto import classifier_pb2_grpc as pb_grpc
+from server.control_log import ControlLog
 
 POLL_S = 0.5
 TOKEN = "model-control-token-0123456789"
@@ -400,3 +403,20 @@ def test_with_two_workers_polling_serves_a_new_version_on_every_worker_within_tw
     assert len(set(re.findall(r"\[(\d+)\]: .*model lenet_bn v1 drained and released", log))) == 2
     # one round of CONNECTIONS checks may start just before the last worker swapped: allow for it
     assert converged < 2 * POLL_S + 1.0, f"every worker served version 2 {converged:.2f} s after it appeared"
+
+
+def test_the_command_log_numbers_commands_once_each_and_waits_a_bounded_time_for_every_worker(tmp_path):
+    """The log's own guarantees, without a server: concurrent appends take distinct sequence numbers; a wait ends
+    with each worker's outcome, None for a worker that did not acknowledge in time."""
+    worker0, worker1 = (ControlLog(tmp_path / "model-control", index, 2) for index in (0, 1))
+    with ThreadPoolExecutor(8) as pool:
+        sequences = list(pool.map(lambda i: (worker0, worker1)[i % 2].append("load", f"m{i}"), range(40)))
+    assert sorted(sequences) == list(range(1, 41))
+    assert [c.name for c in worker1.commands()] == [f"m{sequences.index(n)}" for n in range(1, 41)]
+    worker0.acknowledge(40, "")
+    worker1.acknowledge(39, "")
+    assert asyncio.run(worker0.wait(40, timeout=0.3)) == {0: "", 1: None}
+    worker1.acknowledge(40, "load failed: why")
+    assert asyncio.run(worker0.wait(40)) == {0: "", 1: "load failed: why"}
+    last_word, last = worker1.last_word()
+    assert last == 40 and len(last_word) == 40
