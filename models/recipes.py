@@ -116,11 +116,11 @@ def make_config(arch: str, recipe: str, **overrides) -> TrainConfig:
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
-# Training speed on this project's 2-core CPU with the modern-cpu recipe's settings (images/s, steady
-# state): the one record the time estimates below are made of. alexnet and vgg11: their shipped runs on
-# a busy machine (alexnet 5 epochs, 100.2 min of epochs, 46-55 img/s; vgg11 8 epochs, 137.9 min, 56-62
-# img/s). nin (the low end of 90-128 img/s): bench/cpu_train_speed.py; a busy machine is slower.
-CPU_IMAGES_PER_S = {"alexnet": 50, "vgg11": 58, "nin": 90}
+# Training speed on this project's 2-core CPU with the modern-cpu recipe's settings (images/s over a whole
+# run): the one record the time estimates below are made of. Each is its shipped run's, on a busy machine
+# (alexnet 5 epochs, 100.2 min of epochs, 46-55 img/s; vgg11 8 epochs, 137.9 min, 56-62 img/s; nin 12 epochs,
+# 10 of them at 112 px, 75.8 min).
+CPU_IMAGES_PER_S = {"alexnet": 50, "vgg11": 58, "nin": 158}
 TRAIN_IMAGES = 60_000       # an epoch: Fashion-MNIST's training set
 
 
