@@ -1,7 +1,8 @@
 """Triton's perf_analyzer, the load generator people point at KServe v2 servers, against a real server: every
 protocol and mode runs to exit 0 and reads the server's statistics (its "Server:" section, which needs
-compute_input/infer/output counts that agree); shared memory, which cnnserve does not offer, is refused with a
-clear error and the server keeps serving. Slow: the first run sets up perf_analyzer's Debian 13 chroot
+compute_input/infer/output counts that agree). Its `--shared-memory system` needs the CUDA runtime library even
+for system shared memory and aborts here before it calls the server, so cnnserve's refusal of shared memory is
+checked with tritonclient (tests/test_kserve.py). Slow: the first run sets up perf_analyzer's Debian 13 chroot
 (`../shared/perf_analyzer/setup.sh`: it needs a newer glibc than this machine's)."""
 import subprocess
 
@@ -39,9 +40,10 @@ def perf(wrapper: str, server, protocol: str, *args: str) -> subprocess.Complete
                           capture_output=True, text=True, timeout=300)
 
 
-# 64-image requests at up to 16 callers: 64 × 64 images in flight would pass the model's queue limit
-# (--max-queue-images, 16 full batches by default), which refuses what it cannot hold rather than queue it.
-@pytest.mark.parametrize("batch,concurrency", [(1, "1:64:63"), (64, "1:16:15")])
+# 64-image requests at up to 4 callers: perf_analyzer sends all its gRPC contexts over one connection, which the
+# server counts as one caller, and one caller may queue 2 full batches while the model's queue is over half full
+# (docs/batching.md): it refuses what it would not hold rather than queue it, so 16 such callers would be refused.
+@pytest.mark.parametrize("batch,concurrency", [(1, "1:64:63"), (64, "1:4:3")])
 @pytest.mark.parametrize("protocol,mode", [("grpc", "--sync"), ("grpc", "--async"), ("grpc", "--streaming"),
                                            ("http", "--sync"), ("http", "--async")])
 def test_perf_analyzer_runs_clean_and_reads_the_server_side_times(perf_analyzer, server, protocol, mode, batch,
@@ -53,13 +55,3 @@ def test_perf_analyzer_runs_clean_and_reads_the_server_side_times(perf_analyzer,
     for stage in ("queue", "compute input", "compute infer", "compute output"):
         assert stage in report, report[-3000:]
     assert "Inferences/Second vs. Client" in report
-
-
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_shared_memory_is_refused_clearly_and_the_server_keeps_serving(perf_analyzer, server, protocol):
-    result = perf(perf_analyzer, server, protocol, "--shared-memory", "system", "--concurrency-range", "1")
-    assert result.returncode != 0
-    said = result.stdout + result.stderr
-    assert "does not offer shared memory" in said, said[-3000:]
-    assert "Segmentation" not in said and "core dumped" not in said
-    assert perf(perf_analyzer, server, protocol, "--concurrency-range", "1").returncode == 0

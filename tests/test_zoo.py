@@ -1,5 +1,5 @@
 """The trained zoo: shipped weights load, match their sha256 and reproduce their recorded accuracy
-(a subset here, all 10,000 test images through the server); int8-per-channel storage round-trips
+(a subset here; all 10,000 test images through the server in tests/test_zoo_served.py); int8-per-channel storage round-trips
 into the exported ONNX exactly; what is committed fits the size budget; `python -m export.onnx
 --arch resnet18` (and each model that ships as weights only) works on a fresh copy of the project;
 untrained exports never pass for trained ones."""
@@ -17,9 +17,7 @@ import torch
 from onnx import numpy_helper
 from safetensors.torch import load_file
 
-from client.cli import raw_image
-from client.spawn import ROOT, SpawnedServer
-from cnnserve.proto import classifier_pb2 as pb
+from client.spawn import ROOT
 from cnnserve.repository import load_version
 from cnnserve.spec import sha256_file
 from export.onnx import export
@@ -193,28 +191,6 @@ def test_int8_weights_export_to_onnx_holding_exactly_the_dequantized_values(int8
     assert exported.keys() == {name for name, t in loaded.items() if t.is_floating_point()}
     for name, array in exported.items():
         assert np.array_equal(array, loaded[name].numpy()), name
-
-
-@pytest.fixture(scope="module")
-def shipped_server(shipped_repository, tmp_path_factory):
-    server = SpawnedServer(shipped_repository, log_path=tmp_path_factory.mktemp("logs") / "server.log")
-    yield server
-    assert server.stop() == 0
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", SHIPPED)
-def test_full_test_set_through_the_server_reproduces_the_recorded_accuracy(shipped_server, arch, fashion):
-    info = shipped_server.stub.GetModel(pb.GetModelRequest(name=arch), timeout=10)
-    assert info.trained and info.test_acc == get_weights(arch).test_acc_stored
-    correct = 0
-    for start in range(0, len(fashion.test_images), 64):
-        images = fashion.test_images[start:start + 64]
-        response = shipped_server.stub.Classify(
-            pb.ClassifyRequest(model=arch, images=[raw_image(x) for x in images]), timeout=120)
-        predicted = np.array([r.predictions[0].class_index for r in response.results])
-        correct += int((predicted == fashion.test_labels[start:start + 64]).sum())
-    assert abs(correct / len(fashion.test_images) - info.test_acc) <= 0.001
 
 
 @pytest.fixture(scope="module")
