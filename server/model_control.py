@@ -202,13 +202,18 @@ class ModelControl:
                                      f"({why}); start it with --model-control-mode explicit to load and unload "
                                      f"models by API")
 
+    def _check_call(self, method: str, name: str, parameters: Iterable[str], allowed, repository: str) -> None:
+        """What every load and unload call must pass before it touches a model: the mode, the name, the
+        repository and the parameters."""
+        self._check_mode(method)
+        check_name(name)
+        check_repository(repository)
+        check_parameters(parameters, allowed, method)
+
     async def load(self, name: str, parameters: Iterable[str] = (), repository: str = "") -> None:
         """Load a model of the repository, or apply what changed in it: its new and changed versions are built and
         warmed before they take traffic; files that failed before are tried again."""
-        self._check_mode("RepositoryModelLoad")
-        check_name(name)
-        check_repository(repository)
-        check_parameters(parameters, (), "RepositoryModelLoad")
+        self._check_call("RepositoryModelLoad", name, parameters, (), repository)
         names = await asyncio.to_thread(self.store.model_names)
         if name not in names:
             raise NotFound(f"model {quote(name)} is not in the model repository; it has: {', '.join(names) or 'none'}")
@@ -223,17 +228,14 @@ class ModelControl:
             was_wanted = before is not None and before.wanted
             model = await self._apply(name, retry_failed=True)
             model.wanted = was_wanted or model.ready      # a model that never loaded does not hold readiness down
-            if load_failure(model):
-                raise InvalidArgument(load_failure(model))
+            if failure := load_failure(model):
+                raise InvalidArgument(failure)
         log.info("RepositoryModelLoad: model %s serves %s", name, versions_text(model.versions))
 
     async def unload(self, name: str, parameters: Iterable[str] = (), repository: str = "") -> None:
         """Stop serving every version of a model; returns once the requests in flight finished and the versions
         are released."""
-        self._check_mode("RepositoryModelUnload")
-        check_name(name)
-        check_repository(repository)
-        check_parameters(parameters, UNLOAD_PARAMETERS, "RepositoryModelUnload")
+        self._check_call("RepositoryModelUnload", name, parameters, UNLOAD_PARAMETERS, repository)
         if name not in self.store.models:
             if name in await asyncio.to_thread(self.store.model_names):
                 if not self.commands:
