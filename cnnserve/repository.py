@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -53,6 +53,17 @@ class ModelVersion:
     def output_values(self) -> dict[str, int]:
         """Output name -> values per image."""
         return {o.name: o.values_per_image for o in self.metadata.outputs}
+
+    def logits_only(self, name: str) -> ModelVersion:
+        """This version offered as `name` with its logits alone: its metadata and config list no feature map."""
+        config = mc.ModelConfig()
+        config.CopyFrom(self.config)
+        config.name = name
+        kept = [output for output in config.output if output.name == LOGITS]
+        del config.output[:]
+        config.output.extend(kept)
+        outputs = tuple(o for o in self.metadata.outputs if o.name == LOGITS)
+        return replace(self, name=name, metadata=replace(self.metadata, outputs=outputs), config=config)
 
 
 def list_model_dirs(repository: Path) -> list[Path]:

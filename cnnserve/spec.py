@@ -11,6 +11,10 @@ CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 IMAGE_SIDE = 28                 # Fashion-MNIST's side: every served graph takes uint8 [N, 1, 28, 28]
 INPUT_NAME, LOGITS = "image", "logits"
+# KServe v2 serves each model NAME also as NAME.logits, offering its logits alone: a generic client that asks
+# for every output a model's metadata lists (perf_analyzer) then measures the classify path, and the metadata
+# never lists an output that cannot be requested. A repository model of that very name takes precedence.
+LOGITS_VIEW_SUFFIX = ".logits"
 
 # Triton's layout: <repository>/<model>/{config.pbtxt, labels.txt, <version>/{model.onnx, metadata.json}}
 MODEL_FILE, METADATA_FILE, CONFIG_FILE, LABELS_FILE = "model.onnx", "metadata.json", "config.pbtxt", "labels.txt"

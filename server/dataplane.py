@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cnnserve.spec import LOGITS, UnknownFeatures, select_features
+from cnnserve.spec import LOGITS, LOGITS_VIEW_SUFFIX, UnknownFeatures, select_features
 from server.batcher import RANKED_PROBABILITIES, RANKING
 from server.core_share import CoreShare
 from server.errors import InvalidArgument, NotFound, ResourceExhausted, ServiceError, Unavailable, quote
 from server.images import DecodeBudget, decode_encoded, decode_tensor
 from server.metrics import Metrics, StageTimes
-from server.model_store import ModelStore, ServedModel, ServedVersion
+from server.model_store import ModelStore, Servable, ServedModel
 
 # The response-size rule: framing of one image's results in any protocol, beyond the payload. The explorer
 # page reads these from the model metadata (HTTP `parameters`) to warn before it asks for too much.
@@ -154,20 +154,31 @@ class DataPlane:
 
     def model_ready(self, name: str, version: int = 0) -> bool:
         """Whether `name` (at `version`; 0: any) is loaded and ready; False for a model not served."""
-        model = self.store.models.get(name)
+        model, _ = self.served(name)
         return bool(model and model.ready and (not version or version in model.versions))
 
-    def model(self, name: str, version: int = 0) -> ServedVersion:
+    def model(self, name: str, version: int = 0) -> Servable:
         """A version that serves: `version`, or the newest (NotFound naming those served, or Unavailable with the
-        reason)."""
+        reason); for NAME.logits, that version's logits-only view."""
+        model, view = self.served(name)
+        if view:
+            return self.store.get(model.name, version).logits_view
         return self.store.get(name, version)
 
     def described(self, name: str) -> ServedModel:
-        """A model whether or not it is ready, for metadata and readiness questions."""
-        model = self.store.models.get(name)
+        """A model whether or not it is ready (for NAME.logits, NAME's), for metadata and readiness questions."""
+        model, _ = self.served(name)
         if model is None:
             raise NotFound(f"model {quote(name)} is not served; models: {', '.join(self.store.models) or 'none'}")
         return model
+
+    def served(self, name: str) -> tuple[ServedModel | None, bool]:
+        """The model `name` refers to (None: none), and whether `name` is its logits-only view."""
+        model = self.store.models.get(name)
+        if model is None and name.endswith(LOGITS_VIEW_SUFFIX):
+            model = self.store.models.get(name[:-len(LOGITS_VIEW_SUFFIX)])
+            return model, model is not None
+        return model, False
 
     async def infer(self, request: InferRequest) -> InferResult:
         if self.draining:
@@ -186,8 +197,8 @@ class DataPlane:
 
     async def _counted_infer(self, request: InferRequest) -> InferResult:
         start = time.perf_counter()
-        served = self.store.models.get(request.model)
-        label = request.model if served else "<unknown>"
+        served, _ = self.served(request.model)
+        label = request.model if served else "<unknown>"     # a view counts apart from its model
         self.metrics.started(label)
         status, result = "INTERNAL", None
         try:
@@ -220,7 +231,7 @@ class DataPlane:
         finally:
             model.leave()
 
-    async def _infer_on(self, model: ServedVersion, request: InferRequest, start: float) -> InferResult:
+    async def _infer_on(self, model: Servable, request: InferRequest, start: float) -> InferResult:
         labels = model.version.labels
         top_k = check_top_k(request.top_k, len(labels), request.top_k_field) if request.top_k else 0
         features = requested_features(model, list(request.features), request.outputs_named)
@@ -249,7 +260,7 @@ class DataPlane:
         return InferResult(model.name, model.version.version, labels, outputs, top_indices, top_probabilities,
                            decode_s, times, result.batch_size, features, pixels)
 
-    def check_response_size(self, model: ServedVersion, n_images: int, features: list[str], itemsize: int,
+    def check_response_size(self, model: Servable, n_images: int, features: list[str], itemsize: int,
                             top_k: int) -> None:
         """Refuse before compute a response that would exceed the message limit, saying by how much."""
         values = model.version.output_values
@@ -272,7 +283,7 @@ def check_top_k(top_k: int, classes: int, field: str = "top_k") -> int:
     return top_k
 
 
-def requested_features(model: ServedVersion, requested: list[str], outputs_named: bool = False) -> list[str]:
+def requested_features(model: Servable, requested: list[str], outputs_named: bool = False) -> list[str]:
     """The requested feature maps in the model's order: by cnnserve.v1's rule ("all" means every one), or
     as KServe's outputs, where the logits are an output too and "all" is just a name."""
     if outputs_named:

@@ -4,7 +4,8 @@ the data plane to check), outputs and the classification extension, tensor metad
 and the repository extension (index, load, unload; server/model_control.py) in the protocol's shapes.
 
 What differs from Triton on purpose: with no outputs requested the logits alone come back (Triton
-returns every output; here that would be every feature map); only the `image` input exists.
+returns every output; here that would be every feature map); only the `image` input exists. Each model NAME
+is also served as NAME.logits, whose metadata lists the logits alone (`server/model_store.py` LogitsView).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from server.dataplane import DataPlane, InferResult, PixelBatch
 from server.errors import InvalidArgument, NotFound, quote
 from server.metrics import Totals
 from server.model_control import ModelControl
-from server.model_store import ServedVersion
+from server.model_store import Servable
 
 PLATFORM = "onnxruntime_onnx"
 # The shared-memory extensions (system and CUDA) are not offered; what a client that asks for them is told, on
@@ -82,7 +83,7 @@ def served_versions(dataplane: DataPlane, name: str) -> list[str]:
     return [str(version) for version in dataplane.described(name).versions]
 
 
-def tensor_metadata(model: ServedVersion) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
+def tensor_metadata(model: Servable) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
     """(name, datatype, shape with -1 for the batch) of the inputs and the outputs."""
     meta = model.version.metadata
     inputs = [(meta.input.name, "UINT8", list(meta.input.shape))]

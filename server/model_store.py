@@ -12,6 +12,7 @@ A version that fails to build leaves what was serving in place.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ from cnnserve.repository import (
     policy_versions,
     read_config,
 )
-from cnnserve.spec import available_versions
+from cnnserve.spec import LOGITS_VIEW_SUFFIX, available_versions
 from server.batcher import CALLER_BATCHES, QUEUED_BATCHES, Batcher, BatchingOptions
 from server.core_share import CoreShare
 from server.errors import NotFound, Unavailable, quote
@@ -105,6 +106,10 @@ class ServedVersion:
             self._idle = asyncio.Event()
             await self._idle.wait()
 
+    @functools.cached_property
+    def logits_view(self) -> LogitsView:
+        return LogitsView(self)
+
     def release(self) -> None:
         """Stop the batcher and drop the ONNX Runtime sessions: the memory goes back. Nothing else holds them
         (health and metrics keep names only)."""
@@ -112,6 +117,34 @@ class ServedVersion:
             self.batcher.close()
             self.batcher.shutdown()
         self.batcher = self.runtime = None
+
+
+class LogitsView:
+    """A served version as NAME.logits (`cnnserve.spec.LOGITS_VIEW_SUFFIX`): the same session and batcher, its
+    metadata and config listing the logits alone. Requests through it count in the version's in-flight ones."""
+
+    def __init__(self, served: ServedVersion):
+        self.served = served
+        self.name = served.name + LOGITS_VIEW_SUFFIX
+        self.version = served.version.logits_only(self.name)
+        self.feature_names: list[str] = []
+
+    @property
+    def runtime(self) -> ModelRuntime | None:
+        return self.served.runtime
+
+    @property
+    def batcher(self) -> Batcher | None:
+        return self.served.batcher
+
+    def enter(self) -> None:
+        self.served.enter()
+
+    def leave(self) -> None:
+        self.served.leave()
+
+
+Servable = ServedVersion | LogitsView       # what a request runs on
 
 
 def versions_text(numbers) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
+from google.protobuf import json_format
 from tritonclient.utils import InferenceServerException
 
 from client.cli import raw_image
@@ -301,3 +302,36 @@ def test_shared_memory_is_refused_with_what_to_do_instead(client, http_client, h
             assert "does not offer shared memory" in error.value.message(), error.value
             assert str(error.value.status()) == status, error.value.status()
     assert client.is_server_ready() and http_client.is_server_ready()
+
+
+def test_a_generic_client_gets_the_logits_alone_from_the_logits_view(http_server, http_client, fashion):
+    """NAME.logits: metadata and config list the logits alone, so a client that asks for every advertised output
+    (perf_analyzer) measures the classify path; same answers as NAME; a feature map asked of it is refused by name;
+    its statistics count apart; it is no repository model."""
+    import tritonclient.http as thttp
+    grpc_client = tgrpc.InferenceServerClient(http_server.target)
+    images = fashion.test_images[:4, None]
+    full = infer(grpc_client, "lenet_bn", images, outputs=["logits"]).as_numpy("logits")
+    for client, http in ((grpc_client, False), (http_client, True)):
+        meta = client.get_model_metadata("lenet_bn.logits")
+        outputs = [o["name"] for o in meta["outputs"]] if http else [o.name for o in meta.outputs]
+        assert outputs == ["logits"] and (meta["name"] if http else meta.name) == "lenet_bn.logits"
+        config = client.get_model_config("lenet_bn.logits")
+        config = config if http else json_format.MessageToDict(config.config)
+        assert [o["name"] for o in config["output"]] == ["logits"] and config["name"] == "lenet_bn.logits"
+        assert client.is_model_ready("lenet_bn.logits") and not client.is_model_ready("nosuch.logits")
+        before = client.get_inference_statistics("lenet_bn.logits")
+        before = (before if http else json_format.MessageToDict(before, preserving_proto_field_name=True))["model_stats"][0]
+        module = thttp if http else tgrpc
+        tensor = module.InferInput("image", list(images.shape), "UINT8")
+        tensor.set_data_from_numpy(images)
+        every_output = [module.InferRequestedOutput(name) for name in outputs]
+        answer = client.infer("lenet_bn.logits", [tensor], outputs=every_output)
+        assert np.array_equal(answer.as_numpy("logits"), full)
+        assert (answer.get_response()["model_name"] if http else answer.get_response().model_name) == "lenet_bn.logits"
+        after = client.get_inference_statistics("lenet_bn.logits")
+        after = (after if http else json_format.MessageToDict(after, preserving_proto_field_name=True))["model_stats"][0]
+        assert int(after["inference_count"]) - int(before.get("inference_count", 0)) == 4
+        with pytest.raises(InferenceServerException, match=r"has no output 'conv1'; it has: logits$"):
+            client.infer("lenet_bn.logits", [tensor], outputs=[module.InferRequestedOutput("conv1")])
+    assert "lenet_bn.logits" not in {m.name for m in grpc_client.get_model_repository_index().models}

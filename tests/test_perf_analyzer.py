@@ -34,9 +34,9 @@ def server(committed_repository, tmp_path_factory):
     assert process.stop() == 0, process.log()
 
 
-def perf(wrapper: str, server, protocol: str, *args: str) -> subprocess.CompletedProcess:
+def perf(wrapper: str, server, protocol: str, *args: str, model: str = "lenet_bn") -> subprocess.CompletedProcess:
     url = server.target if protocol == "grpc" else server.http_target
-    return subprocess.run([wrapper, "-m", "lenet_bn", "-i", protocol, "-u", url, *WINDOWS, *args],
+    return subprocess.run([wrapper, "-m", model, "-i", protocol, "-u", url, *WINDOWS, *args],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -55,3 +55,15 @@ def test_perf_analyzer_runs_clean_and_reads_the_server_side_times(perf_analyzer,
     for stage in ("queue", "compute input", "compute infer", "compute output"):
         assert stage in report, report[-3000:]
     assert "Inferences/Second vs. Client" in report
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_perf_analyzer_measures_the_classify_path_through_the_logits_view(perf_analyzer, server, protocol):
+    """perf_analyzer asks for every output the metadata lists: lenet_bn.logits lists the logits alone, and its
+    statistics count apart from lenet_bn's."""
+    import tritonclient.grpc as tgrpc
+    result = perf(perf_analyzer, server, protocol, "-b", "64", "--concurrency-range", "1", model="lenet_bn.logits")
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    assert result.stdout.count("Server: ") == 1, result.stdout[-3000:]
+    stats = tgrpc.InferenceServerClient(server.target).get_inference_statistics("lenet_bn.logits").model_stats[0]
+    assert stats.name == "lenet_bn.logits" and stats.inference_count >= 64 * 20
