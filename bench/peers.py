@@ -81,7 +81,8 @@ def venv_facts(venv: Path) -> dict:
                                      text=True).stdout)
 
 
-def wait_ready(name: str, target: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+def wait_ready(name: str, target: str, process: subprocess.Popen, log: Path, timeout: float = 180,
+               models=MODELS) -> None:
     """Until the KServe ModelReady of every model says yes (or the process exits)."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(target) as channel:
@@ -90,7 +91,7 @@ def wait_ready(name: str, target: str, process: subprocess.Popen, log: Path, tim
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}; its log, {log}:\n{log.read_text()[-3000:]}")
             try:
-                if all(stub.ModelReady(kpb.ModelReadyRequest(name=m), timeout=2).ready for m in MODELS):
+                if all(stub.ModelReady(kpb.ModelReadyRequest(name=m), timeout=2).ready for m in models):
                     return
             except grpc.RpcError:
                 pass
@@ -131,10 +132,14 @@ def start_mlserver(venv: Path, facts: dict, repository: Path, run_dir: Path) -> 
                    statistics=False)
 
 
-def start_triton(venv: Path, facts: dict, repository: Path, run_dir: Path) -> Running:
+def start_triton(venv: Path, facts: dict, repository: Path, run_dir: Path, models: dict[str, str] | None = None,
+                 http_port: int | None = None) -> Running:
     """The tritonserver binary from the nvidia-pytriton wheel, with the Python backend and the stub for the
     peers venv's Python (as pytriton itself lays them out), on a model repository of bench/peers/triton
-    configs, model.py and links to `repository`'s model files."""
+    configs, model.py and links to `repository`'s model files. `models`: {config folder in bench/peers/triton:
+    the model in `repository` whose file it serves} (default: lenet_bn and resnet18, logits alone);
+    `http_port`: serve KServe v2 HTTP there too (default: gRPC only)."""
+    models = models or {model: model for model in MODELS}
     site = Path(facts["purelib"])
     dist = site / "pytriton" / "tritonserver"
     home = run_dir / "triton"
@@ -144,12 +149,12 @@ def start_triton(venv: Path, facts: dict, repository: Path, run_dir: Path) -> Ru
     for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
         shutil.copy(dist / "backends" / "python" / name, backend / name)
     shutil.copy(dist / "python_backend_stubs" / facts["python"] / "triton_python_backend_stub", backend)
-    for model in MODELS:
+    for model, source in models.items():
         version = home / "repository" / model / "1"
         version.mkdir(parents=True)
         shutil.copy(PEERS / "triton" / model / "config.pbtxt", version.parent / "config.pbtxt")
         shutil.copy(PEERS / "triton" / "model.py", version / "model.py")
-        (version / "model.onnx").symlink_to(repository / model / "1" / "model.onnx")
+        (version / "model.onnx").symlink_to(repository / source / "1" / "model.onnx")
     grpc_port = free_port()
     env = {**os.environ, "CNNSERVE_ROOT": str(SERVER_ROOT),
            "LD_LIBRARY_PATH": ":".join(filter(None, [facts["libdir"], str(site / "nvidia_pytriton.libs"),
@@ -159,10 +164,11 @@ def start_triton(venv: Path, facts: dict, repository: Path, run_dir: Path) -> Ru
     process = subprocess.Popen(
         [str(dist / "bin" / "tritonserver"), "--model-repository", str(home / "repository"),
          "--backend-directory", str(home / "backends"), "--cache-directory", str(dist / "caches"),
-         "--grpc-port", str(grpc_port), "--allow-http", "false", "--allow-metrics", "false", "--log-verbose", "0"],
+         "--grpc-port", str(grpc_port), "--allow-metrics", "false", "--log-verbose", "0",
+         *(["--allow-http", "true", "--http-port", str(http_port)] if http_port else ["--allow-http", "false"])],
         env=env, cwd=home, stdout=log.open("w"), stderr=subprocess.STDOUT)
     target = f"127.0.0.1:{grpc_port}"
-    wait_ready("Triton", target, process, log)
+    wait_ready("Triton", target, process, log, models=tuple(models))
     return Running("Triton", target, process, f"{server_version(target)} (nvidia-pytriton {facts['pytriton']})",
                    "Python backend, 1 instance (KIND_CPU), dynamic batching max_batch_size 64, no queue delay")
 
