@@ -12,11 +12,12 @@ RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 # Only the packages the server runs (cnnserve, server) and the small client (`python -m client.cli health`
-# for probes), with the serving extra: ONNX Runtime, grpcio, the HTTP stack, prometheus-client; no torch.
+# for probes), with the serving extra (ONNX Runtime, grpcio, the HTTP stack, prometheus-client, OpenTelemetry) and
+# the OTLP exporter for `--trace otlp`; no torch.
 COPY cnnserve cnnserve
 COPY client client
 COPY server server
-RUN /opt/venv/bin/pip install --no-cache-dir '.[serve]' \
+RUN /opt/venv/bin/pip install --no-cache-dir '.[serve,otlp]' \
  && /opt/venv/bin/pip uninstall -y pip setuptools wheel
 
 FROM ${BASE}

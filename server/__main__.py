@@ -22,6 +22,8 @@ with exit_if_missing("serve"):
     from server.runtime import GRAPH_OPTIMIZATION, RuntimeOptions
     from server.security import DEFAULT_OPEN, SecurityOptions
     from server.startup import exit_on_startup_error
+    from server.tracing import MODES as TRACE_MODES
+    from server.tracing import TraceOptions
     from server.workers import available_cpus, run_workers
 
 log = logging.getLogger("server")
@@ -96,6 +98,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
     parser.add_argument("--load-model", action=Repeated, metavar="NAME",
                         help=f"explicit mode: a model to load at start (repeatable, or comma-separated; "
                         f"'{ALL_MODELS}': every one)")
+    parser.add_argument("--trace", choices=TRACE_MODES, default=TraceOptions.mode,
+                        help="OpenTelemetry spans of each inference request, a child of the caller's W3C traceparent: "
+                        "console (JSON lines on stdout) or otlp (OTLP/HTTP to $OTEL_EXPORTER_OTLP_ENDPOINT, default "
+                        "http://localhost:4318; needs the otlp extra)")
+    parser.add_argument("--trace-sample-ratio", type=ratio, default=TraceOptions.sample_ratio,
+                        help="share of the traces that start here to record (a caller's traceparent says for its own)")
     parser.add_argument("--workers", type=workers_count, default=1, help="server processes sharing the ports "
                         "(SO_REUSEPORT), or auto: one per CPU this process may use (its cgroup quota, else affinity)")
     defaults_from_environment(parser, os.environ)
@@ -118,7 +126,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, int]:
         max_connection_idle_s=args.max_connection_idle, max_connection_age_s=args.max_connection_age,
         security=SecurityOptions(tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                                  auth_token_file=args.auth_token_file,
-                                 open_without_token=tuple(n for n in args.auth_open.split(",") if n and n != "none")))
+                                 open_without_token=tuple(n for n in args.auth_open.split(",") if n and n != "none")),
+        trace=TraceOptions(mode=args.trace, sample_ratio=args.trace_sample_ratio))
     return config, args.workers
 
 
@@ -136,6 +145,13 @@ def positive_seconds(text: str) -> float:
     if not seconds > 0:
         raise ValueError(text)
     return seconds
+
+
+def ratio(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError(text)
+    return value
 
 
 def workers_count(text: str) -> int:

@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from cnnserve.proto import classifier_pb2
 from cnnserve.spec import DEFAULT_MAX_MESSAGE_MB, message_limits
+from server import tracing
 from server.control_log import ControlLog
 from server.core_share import CoreShare
 from server.dataplane import DataPlane
@@ -49,6 +50,7 @@ from server.security import SecurityOptions, TokenInterceptor, server_credential
 from server.security import load as load_security
 from server.service import ClassifierService
 from server.startup import StartupError
+from server.tracing import TraceOptions
 
 log = logging.getLogger("server")
 SERVICE_NAME = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
@@ -94,6 +96,7 @@ class ServerConfig:
     max_connection_idle_s: float = 300.0
     max_connection_age_s: float = 3600.0    # then a GOAWAY, so clients reconnect (and rebalance)
     security: SecurityOptions = field(default_factory=SecurityOptions)   # TLS, mTLS, bearer token
+    trace: TraceOptions = field(default_factory=TraceOptions)           # OpenTelemetry (server/tracing.py)
     slot: WorkerSlot = field(default_factory=WorkerSlot)
 
 
@@ -122,11 +125,17 @@ def add_services(server: grpc.aio.Server, dataplane: DataPlane, health_servicer:
 
 
 def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM/SIGINT; then stop accepting, let in-flight calls finish within the grace period."""
-    asyncio.run(serve_async(config))
+    """Run until SIGTERM/SIGINT; then stop accepting, let in-flight calls finish within the grace period. Each
+    server process (each of --workers) comes here, and sets up its own tracing."""
+    tracing.configure(config.trace)
+    try:
+        asyncio.run(serve_async(config))
+    finally:
+        tracing.shut_down()      # the spans still batched go out
 
 
-async def serve_async(config: ServerConfig) -> None:
+async def serve_async(config: ServerConfig, stopping: asyncio.Event | None = None) -> None:
+    """`stopping`: an event that stops the server as SIGTERM does (a server in a test's own process)."""
     providers_for(config.runtime.device)   # `--device cuda` without CUDA fails here, before anything starts
     security = load_security(config.security)
     preload_cuda_libraries()
@@ -149,7 +158,7 @@ async def serve_async(config: ServerConfig) -> None:
         log.info("KServe v2 HTTP on http://%s:%d/v2, the explorer page on http://%s:%d/", config.host,
                  config.http_port, config.host, config.http_port)
     publisher = asyncio.create_task(metrics.publish_forever()) if config.slot.shared_statistics else None
-    stopping = asyncio.Event()
+    stopping = stopping or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
 

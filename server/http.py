@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cnnserve.spec import INPUT_NAME, LOGITS, parse_decimal
+from server import tracing
 from server.dataplane import RESPONSE_OVERHEAD_BYTES, DataPlane, EncodedImage, InferRequest, InferResult, PixelBatch
 from server.errors import InvalidArgument, ResourceExhausted, ServiceError, Unimplemented
 from server.http_guard import MAX_HEADER_BYTES, GuardedH11Protocol, HeaderLimit, TokenCheck, json_http_error
@@ -64,6 +65,8 @@ MAX_JSON_BYTES = 4 * 2**20
 # BYTES input that the server fits to the model, the fitted pixels back as an output, float16 feature maps.
 ENCODED_INPUT = "image_encoded"
 FEATURE_DATATYPES = {"FP32": "<f4", "FP16": "<f2"}
+INFER = tracing.http_route("POST", "/v2/models/{name}/infer")
+VERSIONED_INFER = tracing.http_route("POST", "/v2/models/{name}/versions/{version}/infer")
 
 
 def error_response(error: ServiceError) -> JSONResponse:
@@ -209,6 +212,11 @@ class KServeHttp:
         return body
 
     async def infer(self, request: Request) -> Response:
+        endpoint = VERSIONED_INFER if "version" in request.path_params else INFER
+        with tracing.request_span(endpoint, request.path_params["name"], request.headers) as trace:
+            return await self.traced_infer(request, trace)
+
+    async def traced_infer(self, request: Request, trace: tracing.Trace | tracing.NoTrace) -> Response:
         body = await self.body(request)
         header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         model = self.model(request)
@@ -218,7 +226,7 @@ class KServeHttp:
         batch, images = model_input(inputs[0], binary, model)
         requested = requested_outputs(header.get("outputs"))
         features, classification = selected_outputs([(n, k) for n, k, _, _ in requested if n != INPUT_NAME or k])
-        result = await self.dataplane.infer(InferRequest(
+        result = await trace.infer(self.dataplane, InferRequest(
             model=model.name, version=model.version.version, batch=batch, images=images, features=features,
             outputs_named=True, top_k=classification, top_k_field="classification",
             feature_itemsize=feature_itemsize(requested, features),

@@ -18,6 +18,7 @@ from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc
 
 from cnnserve.spec import INPUT_NAME, LOGITS
+from server import tracing
 from server.dataplane import DataPlane, InferRequest
 from server.errors import InvalidArgument, ServiceError, Unimplemented
 from server.grpc_common import INTERNAL_ERROR, deadline_of, grpc_errors, parse_message
@@ -39,6 +40,8 @@ from server.kserve_protocol import (
 from server.model_control import ModelControl, check_repository
 
 SERVICE_DESCRIPTOR = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+MODEL_INFER = tracing.grpc_method(SERVICE_DESCRIPTOR.full_name, "ModelInfer")
+MODEL_STREAM_INFER = tracing.grpc_method(SERVICE_DESCRIPTOR.full_name, "ModelStreamInfer")
 # Requests one ModelStreamInfer stream may have read and not yet answered: enough for a stream of one-image
 # requests to fill a run of the default max_batch_size, while what a stream holds (each of these requests
 # and its answer, each up to --max-message-mb) stays bounded.
@@ -116,7 +119,8 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
     @grpc_errors
     async def ModelInfer(self, request: kpb.ModelInferRequest, context) -> kpb.ModelInferResponse:
         response = kpb.ModelInferResponse()
-        await self._infer(request, deadline_of(context), context.peer(), response)
+        with tracing.request_span(MODEL_INFER, request.model_name, context) as trace:
+            await self._infer(request, deadline_of(context), context.peer(), response, trace)
         return response
 
     @grpc_errors
@@ -137,7 +141,7 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 raw = await anext(requests, None)
                 if raw is None:
                     break
-                answer = asyncio.create_task(self._stream_answer(raw, deadline, caller))
+                answer = asyncio.create_task(self._stream_answer(raw, deadline, caller, context))
                 in_flight.add(answer)
                 answer.add_done_callback(in_flight.discard)
                 answers.put_nowait(answer)
@@ -160,11 +164,13 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
             for task in (reader, writer, *in_flight):
                 task.cancel()
 
-    async def _stream_answer(self, raw: bytes, deadline: float | None, caller: str) -> kpb.ModelStreamInferResponse:
+    async def _stream_answer(self, raw: bytes, deadline: float | None, caller: str,
+                             context) -> kpb.ModelStreamInferResponse:
         answer, request = kpb.ModelStreamInferResponse(), None
         try:
             request = parse_message(raw, kpb.ModelInferRequest)
-            await self._infer(request, deadline, caller, answer.infer_response)
+            with tracing.request_span(MODEL_STREAM_INFER, request.model_name, context) as trace:
+                await self._infer(request, deadline, caller, answer.infer_response, trace)
             return answer
         except ServiceError as error:
             log.warning("ModelStreamInfer refused (%s): %s", error.status, error.message)
@@ -176,8 +182,9 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
                                             infer_response=kpb.ModelInferResponse(id=request.id if request else ""))
 
     async def _infer(self, request: kpb.ModelInferRequest, deadline: float | None, caller: str,
-                     response: kpb.ModelInferResponse) -> None:
-        """Fill `response` in place: copying a built one into a stream's answer would copy every output's bytes."""
+                     response: kpb.ModelInferResponse, trace: tracing.Trace | tracing.NoTrace) -> None:
+        """Fill `response` in place: copying a built one into a stream's answer would copy every output's bytes.
+        `trace`: the request's span (server/tracing.py), through which the data plane is called."""
         if len(request.inputs) != 1:
             raise InvalidArgument(f"the request has {len(request.inputs)} inputs; send one, {INPUT_NAME!r}")
         if request.raw_input_contents and len(request.raw_input_contents) != 1:
@@ -188,7 +195,7 @@ class KServeGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer):
         requested = [(o.name, o.parameters["classification"].int64_param if "classification" in o.parameters else 0)
                      for o in request.outputs] or [(LOGITS, 0)]
         features, classification = selected_outputs(requested)
-        result = await self.dataplane.infer(InferRequest(
+        result = await trace.infer(self.dataplane, InferRequest(
             model=request.model_name, version=parse_version(request.model_version), batch=image, features=features,
             outputs_named=True, top_k=classification, top_k_field="classification", deadline=deadline, caller=caller))
         response.model_name, response.model_version, response.id = result.model, str(result.version), request.id

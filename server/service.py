@@ -12,12 +12,14 @@ import numpy as np
 from cnnserve.proto import classifier_pb2 as pb
 from cnnserve.proto import classifier_pb2_grpc
 from cnnserve.spec import LOGITS
-from server.dataplane import DataPlane, EncodedImage, InferRequest, PixelBatch, PixelImage
+from server import tracing
+from server.dataplane import DataPlane, EncodedImage, InferRequest, InferResult, PixelBatch, PixelImage
 from server.errors import InvalidArgument
 from server.grpc_common import deadline_of, grpc_errors
 from server.model_store import ServedModel
 
 ENCODINGS = {pb.FEATURE_ENCODING_FLOAT32: np.dtype("<f4"), pb.FEATURE_ENCODING_FLOAT16: np.dtype("<f2")}
+CLASSIFY = tracing.grpc_method(pb.DESCRIPTOR.services_by_name["Classifier"].full_name, "Classify")
 
 
 def image_input(image: pb.Image) -> EncodedImage | PixelImage | None:
@@ -46,27 +48,15 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
 
     @grpc_errors
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
-        dtype = ENCODINGS.get(request.feature_encoding)
-        if dtype is None:
-            raise InvalidArgument(f"feature_encoding {request.feature_encoding} is not one of {list(ENCODINGS)}")
-        result = await self.dataplane.infer(InferRequest(
-            model=request.model, version=request.version, top_k=request.top_k or 1, features=list(request.features),
-            images=[image_input(image) for image in request.images], batch=batch_input(request),
-            feature_itemsize=dtype.itemsize, deadline=deadline_of(context), caller=context.peer()))
-        response = pb.ClassifyResponse(model=result.model, version=result.version, timings=pb.Timings(
-            decode_ms=result.decode_s * 1e3, queue_ms=result.queue_s * 1e3, compute_ms=result.compute_s * 1e3,
-            batch_size=result.batch_size))
-        logits, labels = result.outputs[LOGITS].tolist(), result.labels    # Python floats: cheaper to copy out
-        for i, (classes, probabilities) in enumerate(zip(result.top_indices.tolist(),
-                                                         result.top_probabilities.tolist())):
-            item = response.results.add()
-            for c, p in zip(classes, probabilities):
-                item.predictions.add(class_index=c, label=labels[c], probability=p, logit=logits[i][c])
-            for name in result.features:
-                values = result.outputs[name][i]
-                item.features.add(name=name, shape=values.shape, dtype=dtype.name,
-                                  data=values.astype(dtype, copy=False).tobytes())
-        return response
+        with tracing.request_span(CLASSIFY, request.model, context) as trace:
+            dtype = ENCODINGS.get(request.feature_encoding)
+            if dtype is None:
+                raise InvalidArgument(f"feature_encoding {request.feature_encoding} is not one of {list(ENCODINGS)}")
+            result = await trace.infer(self.dataplane, InferRequest(
+                model=request.model, version=request.version, top_k=request.top_k or 1, features=list(request.features),
+                images=[image_input(image) for image in request.images], batch=batch_input(request),
+                feature_itemsize=dtype.itemsize, deadline=deadline_of(context), caller=context.peer()))
+            return classify_response(result, dtype)
 
     @grpc_errors
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
@@ -75,6 +65,22 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
     @grpc_errors
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelInfo:
         return model_info(self.dataplane.described(request.name))
+
+
+def classify_response(result: InferResult, dtype: np.dtype) -> pb.ClassifyResponse:
+    response = pb.ClassifyResponse(model=result.model, version=result.version, timings=pb.Timings(
+        decode_ms=result.decode_s * 1e3, queue_ms=result.queue_s * 1e3, compute_ms=result.compute_s * 1e3,
+        batch_size=result.batch_size))
+    logits, labels = result.outputs[LOGITS].tolist(), result.labels    # Python floats: cheaper to copy out
+    for i, (classes, probabilities) in enumerate(zip(result.top_indices.tolist(), result.top_probabilities.tolist())):
+        item = response.results.add()
+        for c, p in zip(classes, probabilities):
+            item.predictions.add(class_index=c, label=labels[c], probability=p, logit=logits[i][c])
+        for name in result.features:
+            values = result.outputs[name][i]
+            item.features.add(name=name, shape=values.shape, dtype=dtype.name,
+                              data=values.astype(dtype, copy=False).tobytes())
+    return response
 
 
 def model_info(model: ServedModel) -> pb.ModelInfo:
