@@ -36,6 +36,9 @@ from server.metrics import Metrics
 from server.runtime import ModelRuntime, RuntimeOptions, release_freed_memory
 
 log = logging.getLogger(__name__)
+# A version loaded while models serve rests this many times each warm-up run's duration after it, so the callers
+# keep most of the cores meanwhile (bench/model_rollout.py; at start-up nothing serves and it runs flat out).
+WARMUP_PACE = 2.0
 
 # What tells a version's files from those loaded: config.pbtxt's text, and (name, size, mtime, inode) of each file
 # in the version's directory. Hashing the model files on every poll would read each model whole; the sha256 that
@@ -294,8 +297,9 @@ class ModelStore:
     async def _build(self, model: ServedModel, version: int, fingerprint: Fingerprint | None) -> ServedVersion | None:
         model.loading.add(version)
         try:
+            serving = any(served.versions for served in self.models.values())
             built = await asyncio.get_running_loop().run_in_executor(self._builder, self.build, model.name, version,
-                                                                     fingerprint)
+                                                                     fingerprint, WARMUP_PACE if serving else 0.0)
         finally:
             model.loading.discard(version)
         if isinstance(built, str):
@@ -305,15 +309,16 @@ class ModelStore:
         model.failed.pop(version, None)
         return built
 
-    def build(self, name: str, version: int, fingerprint: Fingerprint | None) -> ServedVersion | str:
-        """One version loaded, checked against its metadata and warmed up (in the builder thread), or why not."""
+    def build(self, name: str, version: int, fingerprint: Fingerprint | None, pace: float = 0.0) -> ServedVersion | str:
+        """One version loaded, checked against its metadata and warmed up (in the builder thread, its runs paced by
+        `pace`: `ModelRuntime.warm_up`), or why not."""
         if fingerprint is None:
             return (f"{name} v{version}: no directory {name}/{version}/ (version_policy specific lists it)")
         try:
             loaded = load_version(self.repository / name, version)
             runtime = ModelRuntime(loaded.model_path, self.runtime_options, self.cores)
             check_graph(loaded, runtime)
-            warmup_s = runtime.warm_up(self.runtime_options.warmup_runs)
+            warmup_s = runtime.warm_up(self.runtime_options.warmup_runs, pace=pace)
         except RepositoryError as error:
             return str(error)
         except OSError as error:

@@ -96,13 +96,17 @@ class ModelRuntime:
             return self.solo_session
         return self.session
 
-    def warm_up(self, runs: int, batch_sizes: tuple[int, ...] = (1, 8)) -> float:
-        """Run every output at a few batch sizes so the first real request pays no set-up; return seconds."""
+    def warm_up(self, runs: int, batch_sizes: tuple[int, ...] = (1, 8), pace: float = 0.0) -> float:
+        """Run every output at a few batch sizes so the first real request pays no set-up; return seconds. With
+        `pace`, rest `pace` times each run's duration after it: a model loaded while others serve leaves them
+        most of the cores (its runs use all the session's threads)."""
         start = time.perf_counter()
         for session in filter(None, (self.session, self.solo_session)):
             for _ in range(runs):
                 for n in batch_sizes:
+                    began = time.perf_counter()
                     session.run(self.output_names, {self.input_name: np.zeros((n, *self.input_shape), dtype=np.uint8)})
+                    time.sleep(pace * (time.perf_counter() - began))
         return time.perf_counter() - start
 
 

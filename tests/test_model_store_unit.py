@@ -11,7 +11,7 @@ from cnnserve.repository import ModelVersion
 from cnnserve.spec import CLASSES
 from server.metrics import Metrics
 from server.model_control import version_entries
-from server.model_store import ModelStore, Plan, ServedVersion
+from server.model_store import WARMUP_PACE, ModelStore, Plan, ServedVersion
 from server.runtime import RuntimeOptions
 
 METADATA = ModelMetadata.from_json({
@@ -26,12 +26,14 @@ class FakeStore(ModelStore):
     def __init__(self, tmp_path):
         super().__init__(tmp_path, None, RuntimeOptions(), {}, Metrics())
         self.builds: list[tuple[int, object]] = []
+        self.paces: list[float] = []           # each build's warm-up pace
         self.gate = threading.Event()
         self.gate.set()
 
-    def build(self, name, version, fingerprint):
+    def build(self, name, version, fingerprint, pace=0.0):
         self.gate.wait(5)
         self.builds.append((version, fingerprint))
+        self.paces.append(pace)
         if fingerprint == "broken":
             return f"{name} v{version}: model.onnx has sha256 1234…, but its metadata records 0000…"
         return ServedVersion(name, ModelVersion(name, version, None, METADATA, mc.ModelConfig(name=name)), None, None,
@@ -73,6 +75,15 @@ def test_with_nothing_served_what_built_serves(tmp_path):
         await store.update(Plan("m", {}, "m/config.pbtxt: unreadable (no such file)"))
         assert served(store) == {1: "a"}, "an unreadable config leaves what serves"
         assert store.models["m"].reason.startswith("m/config.pbtxt: unreadable")
+    asyncio.run(main())
+
+
+def test_a_version_loaded_while_models_serve_paces_its_warm_up(tmp_path):
+    async def main():
+        store = FakeStore(tmp_path)
+        await store.update(Plan("m", {1: "a"}))
+        await store.update(Plan("m", {1: "a", 2: "b"}))
+        assert store.paces == [0.0, WARMUP_PACE], "at start-up flat out; beside the models that serve, paced"
     asyncio.run(main())
 
 
