@@ -95,6 +95,7 @@ def classify_examples(server: SpawnedServer, arch: str) -> list[int]:
     return [r.predictions[0].class_index for r in response.results]
 
 
+@pytest.mark.slow     # end to end, several seconds: in the full run (docs/development.md)
 def test_the_server_builds_a_missing_default_model_on_first_start_once_without_importing_torch(first_start):
     built = first_start / "model_repository" / "lenet"
     server = SpawnedServer(None, ["--models", "lenet,lenet_bn"], cwd=first_start, log_path=first_start / "first.log",

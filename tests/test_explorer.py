@@ -249,6 +249,7 @@ def browser_errors(driver) -> list[str]:
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
+@pytest.mark.slow     # end to end, several seconds: in the full run (docs/development.md)
 def test_lenet_bn_sees_an_ankle_boot_then_a_drawing(browser, server):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
@@ -304,6 +305,7 @@ def test_lenet_bn_sees_an_ankle_boot_then_a_drawing(browser, server):
     record_timings("lenet_bn", load, render_ms)
 
 
+@pytest.mark.slow     # end to end, several seconds: in the full run (docs/development.md)
 def test_two_models_side_by_side_and_a_model_over_the_size_limit(browser, server):
     load = open_page(browser, server)
     choose(browser, "model-a", "densenet")

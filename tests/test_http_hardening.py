@@ -154,6 +154,7 @@ def test_connections_beyond_the_cap_are_closed_at_once(server):
     assert request(server, "GET", "/v2/health/live")[0] == 200
 
 
+@pytest.mark.slow     # end to end, several seconds: in the full run (docs/development.md)
 def test_server_readiness_waits_for_every_model(committed_repository, tmp_path):
     """While googlenet loads, /v2/health/ready and KServe ServerReady say not ready even though lenet_bn is."""
     process = SpawnedServer(committed_repository, ["--models", "lenet_bn,googlenet,densenet", "--warmup-runs", "20"],

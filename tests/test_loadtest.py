@@ -32,6 +32,7 @@ def test_closed_loop_cli_with_spawned_server(trained_repository, tmp_path):
     assert "concurrency 4" in result.stderr, "a live progress line per level"
 
 
+@pytest.mark.slow     # end to end, several seconds: in the full run (docs/development.md)
 def test_open_loop_sends_its_schedule_and_reports_each_quarter(trained_repository, tmp_path):
     """An open loop sends the requests its seeded Poisson schedule holds, whatever the server does, and reports
     the p50 of each quarter of the run: at a rate far below lenet_bn's capacity, every one answers."""

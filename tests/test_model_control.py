@@ -102,6 +102,7 @@ def health(server: SpawnedServer, service: str) -> int:
     return server.health.Check(hpb.HealthCheckRequest(service=service), timeout=5).status
 
 
+@pytest.mark.slow     # end to end, several seconds: in the full run (docs/development.md)
 def test_polling_rolls_out_an_export_under_load_without_a_failed_request(repository, tmp_path, data_dir):
     """16 callers (cnnserve.v1 and KServe v2 gRPC) while `python -m export.onnx` writes version 2 into the served
     repository: none fails, version 2 answers within two poll intervals of its directory appearing, and every
@@ -131,6 +132,7 @@ def test_polling_rolls_out_an_export_under_load_without_a_failed_request(reposit
     assert "model lenet_bn v1 drained and released" in server.log()
 
 
+@pytest.mark.slow     # end to end, several seconds: in the full run (docs/development.md)
 def test_load_model_rolls_out_under_load_and_unload_drains(repository, tmp_path):
     """Explicit mode: nothing changes until tritonclient's load_model; then every request sent after the call
     returned gets version 2, none failing. Over HTTP, unload_model and load_model as tritonclient.http calls them."""
@@ -351,6 +353,7 @@ def on_new_connections(server: SpawnedServer, version: int = 0) -> list:
     return outcomes
 
 
+@pytest.mark.slow     # end to end, several seconds: in the full run (docs/development.md)
 def test_with_two_workers_load_and_unload_reach_every_worker_and_a_failed_load_says_where(repository, tmp_path):
     """Explicit mode, --workers 2: an unload through any worker (tritonclient gRPC and HTTP, each call a new
     connection) leaves no connection answered; a load brings every connection back; a replaced worker follows what
@@ -389,6 +392,7 @@ def test_with_two_workers_load_and_unload_reach_every_worker_and_a_failed_load_s
         assert set(on_new_connections(server)) == {1}, "version 1 serves on in every worker"
 
 
+@pytest.mark.slow     # end to end, several seconds: in the full run (docs/development.md)
 def test_with_two_workers_polling_serves_a_new_version_on_every_worker_within_two_poll_intervals(repository,
                                                                                                   tmp_path):
     with serving(repository, tmp_path, "--model-control-mode", "poll", "--repository-poll-secs", str(POLL_S),

@@ -92,6 +92,7 @@ def test_client_version_json_and_raw_feature_maps(server, tmp_path):
     one_line_error(wrong, "NOT_FOUND")
 
 
+@pytest.mark.slow     # end to end, several seconds: in the full run (docs/development.md)
 def test_loadtest_checks_its_target_first_and_writes_plain_csv(server, tmp_path):
     started = time.monotonic()
     unknown = run("server.loadtest", "--target", server.target, "--model", "resnet50", "--duration", "30")

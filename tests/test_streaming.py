@@ -202,6 +202,7 @@ def test_one_stream_holds_at_most_its_in_flight_limit(small_runs_server, fashion
     assert STREAM_IN_FLIGHT // 2 < peak <= STREAM_IN_FLIGHT
 
 
+@pytest.mark.slow     # end to end, several seconds: in the full run (docs/development.md)
 def test_a_flood_on_one_stream_does_not_starve_a_unary_caller_on_the_same_connection(small_runs_server, fashion):
     """Hundreds of requests on one stream; unary calls on the same channel (the same connection) meanwhile. The
     stream is a caller of its own, so each unary call waits about a run, not behind the flood's queue."""

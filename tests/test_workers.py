@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 import tritonclient.http as thttp
 
 from client.cli import raw_image
@@ -46,6 +47,7 @@ def http_infer(process: SpawnedServer) -> tuple:
     return client.infer("lenet_bn", [tensor]).as_numpy("logits").shape
 
 
+@pytest.mark.slow     # end to end, several seconds: in the full run (docs/development.md)
 def test_every_port_works_with_two_workers_and_a_killed_worker_is_replaced(committed_repository, tmp_path):
     process = SpawnedServer(committed_repository, ["--models", "lenet_bn", "--workers", "2"],
                             log_path=tmp_path / "s.log", with_http=True, with_metrics=True)
