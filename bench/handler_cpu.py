@@ -91,7 +91,10 @@ async def measure(api: str, images: int, seconds: float) -> dict:
         done, cpu, wall = 0, time.process_time(), time.perf_counter()
         await asyncio.gather(*(caller(i) for i in range(CALLERS)))
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    totals = metrics.totals("lenet_bn", served=1)[1]
+    try:
+        totals = metrics.totals("lenet_bn", served=1)[1]
+    except TypeError:                   # a checkout from before the statistics were kept per version
+        totals = metrics.totals("lenet_bn")
     return {"cpu_us_per_request": cpu / done * 1e6, "requests_per_s": done / wall,
             "mean_batch": totals.inference_count / max(totals.execution_count, 1)}
 
