@@ -1,4 +1,4 @@
-"""cnnserve against Triton Inference Server, both measured by Triton's own load generator, perf_analyzer (issue #29).
+"""cnnserve against Triton Inference Server, both measured by Triton's own load generator, perf_analyzer.
 
     python bench/perf_vs_triton.py [--rounds 3] [--interval-ms 3000] [--rows KEY,...] [--outputs logits,maps]
                                    [--servers cnnserve,cnnserve-w2,triton,echo] [--peers-venv DIR] [--perf-analyzer PATH]
@@ -22,7 +22,7 @@
 
 Every non-streaming row uses `--async`; the stream row uses `--streaming` (KServe ModelStreamInfer). lenet_bn and
 resnet18 are the shipped models (model_repository/), the same files for every server. Ratios are each server over
-Triton in the same run (for p50, Triton's over the server's: above 1 is faster); targets as in the issue, PASS/MISS
+Triton in the same run (for p50, Triton's over the server's: above 1 is faster); targets as `ROWS` sets them, PASS/MISS
 per cnnserve setting. MLServer is not here: perf_analyzer stops at `failed to get model config: Method not found!`
 (MLServer 1.7.1 has no ModelConfig), so bench/peers.py compares it under h2load. Prints a Markdown table and writes
 bench/results/perf-vs-triton.json and .md, the servers' logs in bench/results/perf-vs-triton/.
