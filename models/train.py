@@ -7,10 +7,13 @@ bf16 autocast with channels-last tensors.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,6 +64,33 @@ def kaiming_init(module: nn.Module) -> None:
 INITS = {"xavier": xavier_init, "kaiming": kaiming_init}
 
 
+@contextmanager
+def freed_memory_kept_in_the_heap() -> Iterator[None]:
+    """While inside, glibc keeps freed memory for reuse instead of handing it back to the kernel.
+
+    PyTorch's CPU allocator frees each activation back to malloc after the step that used it. glibc
+    serves blocks above its mmap threshold (at most 32 MiB) with mmap and unmaps them on free, so
+    every training step asks the kernel for hundreds of MiB of fresh pages again and the kernel
+    zeroes each one: at 224 px much of the time goes to page faults, in system time. With mmap off
+    and no trimming, the heap grows to one step's peak once and every later step reuses it
+    (bench/cpu_train_speed.py measures both). On leaving, glibc's defaults come back and the heap is
+    trimmed. Does nothing where the C library is not glibc."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None) if sys.platform.startswith("linux") else None
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None) if mallopt else None
+    m_trim_threshold, m_mmap_max = -1, -4                  # <malloc.h>
+    if mallopt is None or trim is None:
+        yield
+        return
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, 2**31 - 1)
+    try:
+        yield
+    finally:
+        mallopt(m_mmap_max, 65536)                         # glibc's defaults
+        mallopt(m_trim_threshold, 128 * 1024)
+        trim(0)
+
+
 def augment(images: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal flips and shifts of up to `config.shift` pixels, per image, on uint8 [N,1,H,W]."""
     n, _, h, w = images.shape
@@ -103,6 +133,12 @@ def train(config: TrainConfig, data: FashionMNIST, *, progress: bool = True,
 
     `model` replaces the registered `config.arch` (a variant under study, bench/nin_recipe.py)."""
     device = resolve_device(config.device)
+    with freed_memory_kept_in_the_heap() if device.type == "cpu" else nullcontext():
+        return train_on(device, config, data, progress, model)
+
+
+def train_on(device: torch.device, config: TrainConfig, data: FashionMNIST, progress: bool,
+             model: TapNet | None) -> tuple[TapNet, dict]:
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = build_model(config.arch) if model is None else model

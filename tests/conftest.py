@@ -61,25 +61,28 @@ def lenet_bn_checkpoint(tmp_path_factory) -> Path:
 def trained_repository(tmp_path_factory) -> Path:
     """A model repository holding the shipped, trained lenet_bn (version 1 as git holds it, with all
     its feature maps), copied so no test depends on what an earlier command wrote beside it."""
+    return copy_shipped_model("lenet_bn", tmp_path_factory.mktemp("trained_repository"))
+
+
+def copy_shipped_model(name: str, repository: Path) -> Path:
+    """Version 1 of a model the default repository ships as an ONNX file, with its config and labels."""
     import shutil
-    repository = tmp_path_factory.mktemp("trained_repository")
-    shipped = ROOT / "model_repository" / "lenet_bn"
-    shutil.copytree(shipped / "1", repository / "lenet_bn" / "1")
-    for name in ("config.pbtxt", "labels.txt"):
-        shutil.copy(shipped / name, repository / "lenet_bn" / name)
+    shipped = ROOT / "model_repository" / name
+    shutil.copytree(shipped / "1", repository / name / "1")
+    for file in ("config.pbtxt", "labels.txt"):
+        shutil.copy(shipped / file, repository / name / file)
     return repository
 
 
 @pytest.fixture(scope="session")
-def serving_repository(tmp_path_factory, trained_repository, data_dir) -> Path:
-    """The trained lenet_bn, an untrained resnet18, and `broken`: a lenet_bn whose model file was altered."""
+def serving_repository(tmp_path_factory, trained_repository) -> Path:
+    """The trained lenet_bn, the shipped googlenet (a model large enough to keep the server busy), and `broken`: a
+    lenet_bn whose model file was altered. All copied from the shipped repository: no export, no torch."""
     import shutil
-
-    from export.onnx import export
 
     def build(repository: Path) -> None:
         shutil.copytree(trained_repository / "lenet_bn", repository / "lenet_bn")
-        export("resnet18", repository, random_init=True, data_dir=str(data_dir))
+        copy_shipped_model("googlenet", repository)
         shutil.copytree(trained_repository / "lenet_bn", repository / "broken")
         with open(repository / "broken" / "1" / "model.onnx", "ab") as f:
             f.write(b"tampered")
@@ -98,14 +101,11 @@ def server(serving_repository, tmp_path_factory):
 
 def copy_committed_models(destination: Path) -> Path:
     """Each model of `model_repository/` that git ships as an ONNX file, version 1 as git holds it."""
-    import shutil
     import subprocess
     tracked = subprocess.run(["git", "ls-files", "model_repository"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.split()
     for name in sorted({path.split("/")[1] for path in tracked if path.endswith("/1/model.onnx")}):
-        shutil.copytree(ROOT / "model_repository" / name / "1", destination / name / "1")
-        for file in ("config.pbtxt", "labels.txt"):
-            shutil.copy(ROOT / "model_repository" / name / file, destination / name / file)
+        copy_shipped_model(name, destination)
     return destination
 
 

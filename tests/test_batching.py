@@ -28,15 +28,15 @@ def images(n: int) -> list[pb.Image]:
 
 def test_concurrent_requests_merge_into_fewer_larger_runs_with_equal_results(server):
     singles = images(48)
-    alone = [server.stub.Classify(pb.ClassifyRequest(model="resnet18", images=[im], top_k=10), timeout=30)
+    alone = [server.stub.Classify(pb.ClassifyRequest(model="googlenet", images=[im], top_k=10), timeout=30)
              for im in singles]
     before = server.metrics()
-    futures = [server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=[im], top_k=10), timeout=30)
+    futures = [server.stub.Classify.future(pb.ClassifyRequest(model="googlenet", images=[im], top_k=10), timeout=30)
                for im in singles]
     together = [f.result() for f in futures]
     after = server.metrics()
-    runs = metric(after, "cnnserve_batch_size_count", "resnet18") - metric(before, "cnnserve_batch_size_count", "resnet18")
-    batched = metric(after, "cnnserve_batch_size_sum", "resnet18") - metric(before, "cnnserve_batch_size_sum", "resnet18")
+    runs = metric(after, "cnnserve_batch_size_count", "googlenet") - metric(before, "cnnserve_batch_size_count", "googlenet")
+    batched = metric(after, "cnnserve_batch_size_sum", "googlenet") - metric(before, "cnnserve_batch_size_sum", "googlenet")
     assert batched == 48 and runs < 48 / 2, f"{runs} runs for 48 images"
     assert max(r.timings.batch_size for r in together) > 1
     for a, b in zip(alone, together):
@@ -47,20 +47,20 @@ def test_concurrent_requests_merge_into_fewer_larger_runs_with_equal_results(ser
 
 def wait_in_flight(server, count: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while sample_value(server.metrics(), "cnnserve_in_flight_requests", model="resnet18") < count:
+    while sample_value(server.metrics(), "cnnserve_in_flight_requests", model="googlenet") < count:
         assert time.monotonic() < deadline, f"{count} requests never reached the server"
         time.sleep(0.005)
 
 
 def runs_between(before: str, after: str) -> float:
-    return metric(after, "cnnserve_batch_size_count", "resnet18") - metric(before, "cnnserve_batch_size_count", "resnet18")
+    return metric(after, "cnnserve_batch_size_count", "googlenet") - metric(before, "cnnserve_batch_size_count", "googlenet")
 
 
 @pytest.fixture
 def slow_server(serving_repository, tmp_path):
-    """resnet18 on one ONNX Runtime thread: a 64-image request keeps it busy for about half a second,
+    """googlenet on one ONNX Runtime thread: a 64-image request keeps it busy for about half a second,
     long enough to queue requests behind it deterministically."""
-    server = SpawnedServer(serving_repository, ["--models", "resnet18", "--threads", "1", "--max-queue-images", "64"],
+    server = SpawnedServer(serving_repository, ["--models", "googlenet", "--threads", "1", "--max-queue-images", "64"],
                            log_path=tmp_path / "server.log", with_metrics=True)
     yield server
     assert server.stop() == 0
@@ -68,7 +68,7 @@ def slow_server(serving_repository, tmp_path):
 
 def start_busy_run(server):
     """Send 64 images and return once the server is working on them."""
-    busy = server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=images(64)), timeout=60)
+    busy = server.stub.Classify.future(pb.ClassifyRequest(model="googlenet", images=images(64)), timeout=60)
     wait_in_flight(server, 1)
     time.sleep(0.02)   # let it finish decoding and start its run
     return busy
@@ -76,12 +76,12 @@ def start_busy_run(server):
 
 def test_full_queue_answers_resource_exhausted_quickly(slow_server):
     running = start_busy_run(slow_server)
-    queued = slow_server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=images(64)), timeout=60)
+    queued = slow_server.stub.Classify.future(pb.ClassifyRequest(model="googlenet", images=images(64)), timeout=60)
     wait_in_flight(slow_server, 2)
     time.sleep(0.05)   # let the second request finish decoding and join the queue
     start = time.monotonic()
     with pytest.raises(grpc.RpcError) as error:
-        slow_server.stub.Classify(pb.ClassifyRequest(model="resnet18", images=images(1)), timeout=60)
+        slow_server.stub.Classify(pb.ClassifyRequest(model="googlenet", images=images(1)), timeout=60)
     refused_in = time.monotonic() - start
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "queue holds 64 images and its limit is 64" in error.value.details()
@@ -93,26 +93,26 @@ def test_expired_deadline_is_dropped_before_compute(slow_server):
     before = slow_server.metrics()
     busy = start_busy_run(slow_server)
     with pytest.raises(grpc.RpcError) as error:
-        slow_server.stub.Classify(pb.ClassifyRequest(model="resnet18", images=images(1)), timeout=0.1)
+        slow_server.stub.Classify(pb.ClassifyRequest(model="googlenet", images=images(1)), timeout=0.1)
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert len(busy.result().results) == 64
     time.sleep(0.2)
     after = slow_server.metrics()
     assert runs_between(before, after) == 1, "only the 64-image request ran; the expired one was dropped"
-    assert sample_value(after, "cnnserve_requests_total", model="resnet18", code="DEADLINE_EXCEEDED") == 1
+    assert sample_value(after, "cnnserve_requests_total", model="googlenet", code="DEADLINE_EXCEEDED") == 1
 
 
 def test_cancelled_request_is_dropped_before_compute(slow_server):
     before = slow_server.metrics()
     busy = start_busy_run(slow_server)
-    queued = slow_server.stub.Classify.future(pb.ClassifyRequest(model="resnet18", images=images(1)), timeout=60)
+    queued = slow_server.stub.Classify.future(pb.ClassifyRequest(model="googlenet", images=images(1)), timeout=60)
     wait_in_flight(slow_server, 2)
     assert queued.cancel()
     assert len(busy.result().results) == 64
     time.sleep(0.3)
     after = slow_server.metrics()
     assert runs_between(before, after) == 1, "only the 64-image request ran; the cancelled one was dropped"
-    assert sample_value(after, "cnnserve_requests_total", model="resnet18", code="CANCELLED") == 1
+    assert sample_value(after, "cnnserve_requests_total", model="googlenet", code="CANCELLED") == 1
 
 
 def test_callers_on_their_own_connections_form_batches_on_a_model_that_runs_on_the_loop(server):

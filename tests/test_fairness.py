@@ -106,11 +106,11 @@ def load_fairness_bench():
 
 @pytest.mark.slow
 def test_a_flood_of_large_requests_leaves_a_polite_caller_its_latency(serving_repository, tmp_path):
-    """bench/fairness.py, scaled down: 8 connections sending resnet18 requests of 16 images back to back."""
-    server = SpawnedServer(serving_repository, ["--models", "resnet18", "--max-run-images", "2"],
+    """bench/fairness.py, scaled down: 8 connections sending googlenet requests of 16 images back to back."""
+    server = SpawnedServer(serving_repository, ["--models", "googlenet", "--max-run-images", "2"],
                            log_path=tmp_path / "server.log")
     try:
-        result = load_fairness_bench().run(server.target, "resnet18", callers=8, images=16, seconds=8)
+        result = load_fairness_bench().run(server.target, "googlenet", callers=8, images=16, seconds=8)
     finally:
         server.stop()
     print(result)

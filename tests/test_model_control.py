@@ -307,18 +307,18 @@ def rss_mb(pid: int) -> float:
 
 @pytest.mark.slow
 def test_load_unload_cycles_give_the_memory_back(serving_repository, tmp_path):
-    """50 load/unload cycles of resnet18 (each answering a request between) leave the server's RSS within 30 MB of
+    """50 load/unload cycles of googlenet (each answering a request between) leave the server's RSS within 30 MB of
     where it was after one such cycle: released versions take their ONNX Runtime sessions and arenas along."""
     repository = tmp_path / "repository"
-    shutil.copytree(serving_repository / "resnet18", repository / "resnet18")
-    with serving(repository, tmp_path, "--model-control-mode", "explicit", "--load-model", "resnet18",
+    shutil.copytree(serving_repository / "googlenet", repository / "googlenet")
+    with serving(repository, tmp_path, "--model-control-mode", "explicit", "--load-model", "googlenet",
                  "--warmup-runs", "1") as server:
         client = tgrpc.InferenceServerClient(server.target)
-        request = pb.ClassifyRequest(model="resnet18", images=[PIXELS])
+        request = pb.ClassifyRequest(model="googlenet", images=[PIXELS])
 
         def cycle() -> None:
-            client.unload_model("resnet18")
-            client.load_model("resnet18")
+            client.unload_model("googlenet")
+            client.load_model("googlenet")
             assert server.stub.Classify(request, timeout=60).version == 1
 
         cycle()
@@ -326,8 +326,8 @@ def test_load_unload_cycles_give_the_memory_back(serving_repository, tmp_path):
         for _ in range(50):
             cycle()
         grown = rss_mb(server.process.pid) - before
-    assert grown < 30, f"RSS grew {grown:.0f} MB over 50 load/unload cycles of resnet18"
-    assert server.log().count("model resnet18 v1 drained and released") == 51
+    assert grown < 30, f"RSS grew {grown:.0f} MB over 50 load/unload cycles of googlenet"
+    assert server.log().count("model googlenet v1 drained and released") == 51
 
 
 # --workers 2: every connection is a worker picked by SO_REUSEPORT, so each check opens many connections.

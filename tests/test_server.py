@@ -108,7 +108,7 @@ def bad_requests():
     nan[3, 3] = np.nan
     req = lambda **f: pb.ClassifyRequest(**{"model": "lenet_bn", "images": [good], **f})
     return {
-        "unknown_model": (req(model="lenet9"), grpc.StatusCode.NOT_FOUND, "lenet_bn, resnet18"),
+        "unknown_model": (req(model="lenet9"), grpc.StatusCode.NOT_FOUND, "googlenet, lenet_bn"),
         "unknown_feature": (req(features=["conv9"]), grpc.StatusCode.NOT_FOUND, "conv1, pool1"),
         "unknown_version": (req(version=7), grpc.StatusCode.NOT_FOUND, "version 1"),
         "empty_batch": (req(images=[]), grpc.StatusCode.INVALID_ARGUMENT, "images is empty"),
@@ -126,7 +126,7 @@ def bad_requests():
         "top_k_too_large": (req(top_k=11), grpc.StatusCode.INVALID_ARGUMENT, "between 1 and 10"),
         "top_k_negative": (req(top_k=-1), grpc.StatusCode.INVALID_ARGUMENT, "top_k -1"),
         "too_many_images": (req(images=[good] * 65), grpc.StatusCode.INVALID_ARGUMENT, "the limit for one request is 64"),
-        "response_too_big": (pb.ClassifyRequest(model="resnet18", images=[good] * 64, features=["all"]),
+        "response_too_big": (pb.ClassifyRequest(model="googlenet", images=[good] * 64, features=["all"]),
                              grpc.StatusCode.RESOURCE_EXHAUSTED, "over the server's message limit of 4 MiB"),
         "model_not_serving": (req(model="broken"), grpc.StatusCode.UNAVAILABLE, "sha256"),
         "images_and_batch": (req(batch=pb.Tensor(shape=[1, 28, 28], dtype="uint8", data=bytes(784))),
@@ -153,13 +153,13 @@ def test_bad_requests_get_a_clear_status_and_the_server_keeps_serving(server, ca
 
 def test_models_health_and_reflection(server):
     models = {m.name: m for m in server.stub.ListModels(pb.ListModelsRequest(), timeout=10).models}
-    assert set(models) == {"lenet_bn", "resnet18", "broken"}
+    assert set(models) == {"lenet_bn", "googlenet", "broken"}
     lenet = models["lenet_bn"]
     assert lenet.ready and lenet.provider == "CPUExecutionProvider" and lenet.trained and lenet.test_acc >= 0.8
     assert [f.name for f in lenet.features] == ["conv1", "pool1", "conv2", "pool2", "fc1", "fc2"]
     assert list(lenet.input.shape) == [1, 28, 28] and lenet.input.dtype == "uint8" and len(lenet.labels) == 10
     assert not models["broken"].ready and "sha256" in models["broken"].reason
-    assert server.stub.GetModel(pb.GetModelRequest(name="resnet18"), timeout=10).features[0].name == "stem"
+    assert server.stub.GetModel(pb.GetModelRequest(name="googlenet"), timeout=10).features[0].name == "b1"
     with pytest.raises(grpc.RpcError) as error:
         server.stub.GetModel(pb.GetModelRequest(name="nope"), timeout=10)
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
@@ -199,7 +199,7 @@ def test_client_cli(server, fashion, in_process, tmp_path):
 @pytest.mark.slow
 def test_health_turns_serving_only_after_warm_up(serving_repository, tmp_path):
     """...and the objects start-up made are set aside from garbage collection before it (see server/app.py)."""
-    process = SpawnedServer(serving_repository, ["--models", "resnet18", "--warmup-runs", "100"],
+    process = SpawnedServer(serving_repository, ["--models", "googlenet", "--warmup-runs", "100"],
                             log_path=tmp_path / "server.log", wait=False)
     try:
         seen = []
@@ -225,10 +225,10 @@ def in_flight(process, model):
 
 @pytest.mark.slow
 def test_sigterm_lets_the_request_in_flight_finish(serving_repository, tmp_path):
-    process = SpawnedServer(serving_repository, ["--models", "resnet18", "--grace", "30"],
+    process = SpawnedServer(serving_repository, ["--models", "googlenet", "--grace", "30"],
                             log_path=tmp_path / "server.log", with_metrics=True)
     images = [raw_image(np.full((28, 28), i, np.uint8)) for i in range(64)]
-    request = pb.ClassifyRequest(model="resnet18", images=images, features=["stage4"])
+    request = pb.ClassifyRequest(model="googlenet", images=images, features=["inception5b"])
     outcome = {}
 
     def slow_call():
@@ -238,7 +238,7 @@ def test_sigterm_lets_the_request_in_flight_finish(serving_repository, tmp_path)
     for caller in callers:
         caller.start()
     deadline = time.monotonic() + 30
-    while in_flight(process, "resnet18") < 4:
+    while in_flight(process, "googlenet") < 4:
         assert time.monotonic() < deadline, "the calls never reached the server"
         time.sleep(0.005)
     process.process.send_signal(signal.SIGTERM)
