@@ -72,7 +72,9 @@ def test_hundreds_of_idle_streams_do_not_delay_classify(serving_repository, tmp_
 
 
 def test_a_costly_image_being_decoded_does_not_stall_other_requests(serving_repository, tmp_path):
-    """The largest PNGs the limits allow take seconds to decode; that happens off the event loop."""
+    """The largest PNGs the limits allow take seconds to decode; that happens off the event loop, so small requests
+    keep being answered while it runs. Asserted as an order, not a latency (which a busy machine stretches): were the
+    decode on the loop, no small request would finish until a decode had."""
     import threading
 
     from test_decoder import bomb_png
@@ -86,13 +88,15 @@ def test_a_costly_image_being_decoded_does_not_stall_other_requests(serving_repo
         for thread in decoding:
             thread.start()
         time.sleep(0.2)                                   # both are decoding now (about a second each)
-        loaded = classify_latencies(server.stub, 20)
-        busy = any(thread.is_alive() for thread in decoding)
+        answered_while_decoding, loaded = 0, []
+        while all(thread.is_alive() for thread in decoding) and answered_while_decoding < 20:
+            loaded += classify_latencies(server.stub, 1)
+            answered_while_decoding += all(thread.is_alive() for thread in decoding)
         for thread in decoding:
             thread.join(120)
         print(f"Classify p50 {unloaded * 1e3:.2f} ms alone, {np.median(loaded) * 1e3:.2f} ms beside two decodes "
-              f"of 2 x 4096x4096 PNGs (still decoding after: {busy})")
-        assert np.median(loaded) < 0.1, "small requests waited for the costly decode"
+              f"of 2 x 4096x4096 PNGs; {answered_while_decoding} answered before either decode finished")
+        assert answered_while_decoding >= 3, "small requests waited for the costly decode"
     finally:
         assert server.stop() == 0
 
