@@ -64,6 +64,9 @@ def kaiming_init(module: nn.Module) -> None:
 INITS = {"xavier": xavier_init, "kaiming": kaiming_init}
 
 
+_heap_kept_depth = 0      # freed_memory_kept_in_the_heap nests: glibc's defaults come back when the outermost ends
+
+
 @contextmanager
 def freed_memory_kept_in_the_heap() -> Iterator[None]:
     """While inside, glibc keeps freed memory for reuse instead of handing it back to the kernel.
@@ -73,22 +76,27 @@ def freed_memory_kept_in_the_heap() -> Iterator[None]:
     every training step asks the kernel for hundreds of MiB of fresh pages again and the kernel
     zeroes each one: at 224 px much of the time goes to page faults, in system time. With mmap off
     and no trimming, the heap grows to one step's peak once and every later step reuses it
-    (bench/cpu_train_speed.py measures both). On leaving, glibc's defaults come back and the heap is
-    trimmed. Does nothing where the C library is not glibc."""
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None) if sys.platform.startswith("linux") else None
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None) if mallopt else None
-    m_trim_threshold, m_mmap_max = -1, -4                  # <malloc.h>
+    (bench/cpu_train_speed.py measures both). When the outermost use ends, glibc's defaults come back
+    and the heap is trimmed. Does nothing where the C library is not glibc."""
+    global _heap_kept_depth
+    libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
+    mallopt, trim = (getattr(libc, "mallopt", None), getattr(libc, "malloc_trim", None)) if libc else (None, None)
     if mallopt is None or trim is None:
         yield
         return
-    mallopt(m_mmap_max, 0)
-    mallopt(m_trim_threshold, 2**31 - 1)
+    m_trim_threshold, m_mmap_max = -1, -4                  # <malloc.h>
+    if _heap_kept_depth == 0:
+        mallopt(m_mmap_max, 0)
+        mallopt(m_trim_threshold, 2**31 - 1)
+    _heap_kept_depth += 1
     try:
         yield
     finally:
-        mallopt(m_mmap_max, 65536)                         # glibc's defaults
-        mallopt(m_trim_threshold, 128 * 1024)
-        trim(0)
+        _heap_kept_depth -= 1
+        if _heap_kept_depth == 0:
+            mallopt(m_mmap_max, 65536)                     # glibc's defaults
+            mallopt(m_trim_threshold, 128 * 1024)
+            trim(0)
 
 
 def augment(images: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
@@ -109,6 +117,7 @@ def augment(images: torch.Tensor, config: TrainConfig, generator: torch.Generato
 
 
 @torch.no_grad()
+@freed_memory_kept_in_the_heap()
 def evaluate(model: TapNet, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
              batch_size: int = 1000, bf16: bool = False) -> float:
     """Test accuracy of `model` on uint8 images [N, 28, 28] already on the model's device, at `config.side`."""
