@@ -76,8 +76,9 @@ def freed_memory_kept_in_the_heap() -> Iterator[None]:
     every training step asks the kernel for hundreds of MiB of fresh pages again and the kernel
     zeroes each one: at 224 px much of the time goes to page faults, in system time. With mmap off
     and no trimming, the heap grows to one step's peak once and every later step reuses it
-    (bench/cpu_train_speed.py measures both). When the outermost use ends, glibc's defaults come back
-    and the heap is trimmed. Does nothing where the C library is not glibc."""
+    (bench/cpu_train_speed.py measures both). When the outermost use ends, glibc's default limits come
+    back (its mmap threshold no longer adapts to freed blocks) and the heap is trimmed. Does nothing where
+    the C library is not glibc."""
     global _heap_kept_depth
     libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
     mallopt, trim = (getattr(libc, "mallopt", None), getattr(libc, "malloc_trim", None)) if libc else (None, None)
@@ -94,7 +95,7 @@ def freed_memory_kept_in_the_heap() -> Iterator[None]:
     finally:
         _heap_kept_depth -= 1
         if _heap_kept_depth == 0:
-            mallopt(m_mmap_max, 65536)                     # glibc's defaults
+            mallopt(m_mmap_max, 65536)                     # glibc's default limits
             mallopt(m_trim_threshold, 128 * 1024)
             trim(0)
 
