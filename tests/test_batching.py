@@ -58,7 +58,7 @@ def runs_between(before: str, after: str) -> float:
 
 @pytest.fixture
 def slow_server(serving_repository, tmp_path):
-    """googlenet on one ONNX Runtime thread: a 64-image request keeps it busy for about half a second,
+    """googlenet on one ONNX Runtime thread: a 64-image request keeps it busy for about 0.4 s,
     long enough to queue requests behind it deterministically."""
     server = SpawnedServer(serving_repository, ["--models", "googlenet", "--threads", "1", "--max-queue-images", "64"],
                            log_path=tmp_path / "server.log", with_metrics=True)
