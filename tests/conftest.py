@@ -75,15 +75,15 @@ def copy_shipped_model(name: str, repository: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def serving_repository(tmp_path_factory, trained_repository) -> Path:
+def serving_repository(tmp_path_factory) -> Path:
     """The trained lenet_bn, the shipped googlenet (a model large enough to keep the server busy), and `broken`: a
     lenet_bn whose model file was altered. All copied from the shipped repository: no export, no torch."""
     import shutil
 
     def build(repository: Path) -> None:
-        shutil.copytree(trained_repository / "lenet_bn", repository / "lenet_bn")
+        copy_shipped_model("lenet_bn", repository)
         copy_shipped_model("googlenet", repository)
-        shutil.copytree(trained_repository / "lenet_bn", repository / "broken")
+        shutil.copytree(repository / "lenet_bn", repository / "broken")
         with open(repository / "broken" / "1" / "model.onnx", "ab") as f:
             f.write(b"tampered")
     return built_once_per_run(tmp_path_factory, "serving_repository", build)
