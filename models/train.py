@@ -120,8 +120,9 @@ def augment(images: torch.Tensor, config: TrainConfig, generator: torch.Generato
 @torch.no_grad()
 @freed_memory_kept_in_the_heap()
 def evaluate(model: TapNet, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
-             batch_size: int = 1000, bf16: bool = False) -> float:
+             batch_size: int = 250, bf16: bool = False) -> float:
     """Test accuracy of `model` on uint8 images [N, 28, 28] already on the model's device, at `config.side`."""
+    # Small batches: on this CPU larger ones score fewer images/s (docs/training.md, "Evaluation batch").
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=images.device)
     for x, y in batches(images, labels, batch_size, shuffle=False):

@@ -1,12 +1,24 @@
 """VGG-11 with every width divided by 4, as the book trains it on Fashion-MNIST (input side 224)."""
 from collections import OrderedDict
 
+import torch
 from torch import nn
 
 from models.alexnet import fc_stage
 from models.builders import FeatureTap, TapNet, register_model
 
 INPUT_SIDE = 224
+HEAD_SIDE = INPUT_SIDE // 32    # five halvings: the dense head takes 128 × 7 × 7 features
+
+
+class ToHeadSide(nn.Module):
+    """Nothing at the model's input side; at a lower training side, resizes block5's map to the 7 × 7 the dense
+    head takes (average pooling, which replicates cells when it enlarges), so VGG-11 can spend its first
+    epochs at low resolution (models/recipes.py). The branch is settled when the model is traced at 224 px,
+    so the exported graph has no node for it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.shape[-1] == HEAD_SIDE else nn.functional.adaptive_avg_pool2d(x, HEAD_SIDE)
 
 
 def _vgg_block(num_convs: int, in_channels: int, out_channels: int) -> nn.Sequential:
@@ -26,7 +38,8 @@ def vgg11(*, num_classes: int = 10) -> TapNet:
         block2=_vgg_block(1, 16, 32),
         block3=_vgg_block(2, 32, 64),
         block4=_vgg_block(2, 64, 128),
-        block5=_vgg_block(2, 128, 128),
+        # ToHeadSide comes last in block5 so the parameters keep their names (block5.0, block5.2).
+        block5=nn.Sequential(*_vgg_block(2, 128, 128), ToHeadSide()),
         # The dense part is AlexNet's, fed by 128 × 7 × 7 = 6272 features.
         fc1=fc_stage(128 * 7 * 7, 4096, flatten=True),
         fc2=fc_stage(4096, 4096),
