@@ -93,6 +93,18 @@ def test_vgg11_flattens_6272_features():
     assert first_linear.in_features == 6272
 
 
+def test_vgg11_trains_at_112_px_and_its_head_resize_is_nothing_at_224():
+    """Low-resolution epochs (models/recipes.py) reach the 7 × 7 head through ToHeadSide, which passes 224 px
+    maps through untouched, so the exported graph and the shipped weights see the book's VGG-11."""
+    from models.vgg import ToHeadSide
+    at_224 = torch.randn(2, 128, 7, 7)
+    assert ToHeadSide()(at_224) is at_224
+    assert ToHeadSide()(torch.randn(2, 128, 3, 3)).shape == (2, 128, 7, 7)
+    model = models.create_model("vgg11").eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 112, 112)).shape == (2, 10)
+
+
 @pytest.mark.parametrize("name", models.list_models())
 def test_the_registered_input_side_is_the_models(name):
     """The side registered beside each builder (read without building the model) is the one it takes."""
