@@ -6,6 +6,8 @@ the dependencies point one way (tests/test_import_contract.py).
 """
 from __future__ import annotations
 
+import torch
+
 from models.builders import TapNet, build_model, registered_names
 
 
@@ -19,13 +21,17 @@ def list_models(*, trained: bool = False) -> list[str]:
 
 def create_model(name: str, *, weights: str | None = None, **kwargs) -> TapNet:
     """A new model; `weights="fashion-mnist"` loads the shipped trained weights (sha256-checked), in eval mode."""
-    model = build_model(name, **kwargs)
-    if weights is not None:
-        # Deferred, not at the top: `import models` imports this module, and `python -m models.pretrained`
-        # must not find models.pretrained imported already (runpy warns that it would run twice).
-        from models.pretrained import WEIGHTS_NAME, get_weights, load_state_dict
-        if weights != WEIGHTS_NAME:
-            raise ValueError(f"unknown weights {weights!r} for {name}; the shipped ones are {WEIGHTS_NAME!r}")
-        model.load_state_dict(load_state_dict(get_weights(name)))
-        model.eval()
-    return model
+    if weights is None:
+        return build_model(name, **kwargs)
+    # Deferred, not at the top: `import models` imports this module, and `python -m models.pretrained`
+    # must not find models.pretrained imported already (runpy warns that it would run twice).
+    from models.pretrained import WEIGHTS_NAME, get_weights, load_state_dict
+    if weights != WEIGHTS_NAME:
+        raise ValueError(f"unknown weights {weights!r} for {name}; the shipped ones are {WEIGHTS_NAME!r}")
+    state = load_state_dict(get_weights(name))
+    # Built without storage, then given the shipped tensors: randomly initialising VGG-11's 43M parameters only
+    # to overwrite them took longer than reading the weights. Every tensor of a model is in its state dict.
+    with torch.device("meta"):
+        model = build_model(name, **kwargs)
+    model.load_state_dict(state, assign=True)
+    return model.eval()
