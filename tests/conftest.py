@@ -12,6 +12,16 @@ ROOT = Path(__file__).resolve().parent.parent
 _skipped: list[str] = []
 
 
+# The longest test files of the fast subset, started first: pytest-xdist hands out whole files in collection
+# order, and a long file handed out last keeps one worker busy while the other has nothing left to run.
+LONGEST_FIRST = ("test_zoo.py", "test_newcomer.py", "test_model_control.py", "test_export.py", "test_streaming.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))      # stable: the order within a file stays
+
+
 def pytest_runtest_logreport(report):
     if report.skipped and not hasattr(report, "wasxfail"):
         _skipped.append(report.nodeid)

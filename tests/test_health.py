@@ -52,12 +52,13 @@ def test_watch_of_new_names_keeps_nothing_and_never_deadlocks(server):
                 assert not thread.is_alive(), "a Watch call hung"
 
     # The first round raises the allocator's high-water mark (50 names of 1 MB in flight at once);
-    # what must not happen is growth with every round, as when each name was kept (~300 MB a round).
+    # what must not happen is growth with every round, as when each name was kept (~300 MB a round). The bar
+    # is a third of that: how much the allocator keeps of a round depends on how many calls overlap (33 MB seen).
     round_of_300(0)
     before = rss_mb(server.process.pid)
     round_of_300(300)
     grown = rss_mb(server.process.pid) - before
-    assert grown < 30, f"RSS grew {grown:.0f} MB over a second 300 watches of 1 MB names"
+    assert grown < 100, f"RSS grew {grown:.0f} MB over a second 300 watches of 1 MB names"
     assert stub.Check(hpb.HealthCheckRequest(service=""), timeout=5).status == hpb.HealthCheckResponse.SERVING
     with pytest.raises(grpc.RpcError) as error:
         stub.Check(hpb.HealthCheckRequest(service="x" * 1_000_000), timeout=5)
