@@ -58,7 +58,7 @@ def images_per_s(arch: str, side: int, bf16: bool, channels_last: bool, steps: i
 
 
 @torch.no_grad()
-def scored_images_per_s(arch: str, side: int, batch: int, steps: int, warmup: int = 1) -> float:
+def scored_images_per_s(arch: str, side: int, batch: int, steps: int, warmup: int) -> float:
     """Images per second of the median forward pass (eval mode, bf16 autocast, channels-last) after `warmup`."""
     model = create_model(arch).to(memory_format=torch.channels_last).eval()
     x = torch.randn(batch, 1, side, side).contiguous(memory_format=torch.channels_last)
@@ -94,7 +94,7 @@ def main() -> None:
     for arch, side in itertools.product(args.archs.split(","), map(int, args.sides.split(","))):
         if args.eval_batches:
             for batch in map(int, args.eval_batches.split(",")):
-                rate = in_a_fresh_process(scored_images_per_s, arch, side, batch, args.steps)
+                rate = in_a_fresh_process(scored_images_per_s, arch, side, batch, args.steps, args.warmup)
                 print(f"{arch:9s} side {side:3d}  scoring at batch {batch:5d}  {rate:7.1f} img/s  "
                       f"(10,000 test images: {10000 / rate:.0f} s)", flush=True)
             continue
