@@ -87,7 +87,7 @@ MODERN = {
 # The modern recipe adapted to this project's 2-core CPU budget (≤ 90 min a run): bf16 autocast,
 # most epochs at half the side. Channels-last only where bench/cpu_train_speed.py shows a gain.
 CPU_BUDGET = {
-    # AlexNet's fixed 6400-feature head rules out low-resolution epochs; 5 epochs fit a busy machine's budget.
+    # AlexNet's fixed 6400-feature head rules out low-resolution epochs; 5 epochs take 75 min on 2 cores.
     "alexnet": dict(cpu_bf16=True, channels_last=True, epochs=5),
     # VGG-11: a higher peak lr learns slower at the start (bench/vgg11_recipe.py), and 10 epochs at 224 px fell
     # short. Epochs at 112 px cost a third as much (its head takes them through models/vgg.py: ToHeadSide), so
@@ -119,10 +119,9 @@ def make_config(arch: str, recipe: str, **overrides) -> TrainConfig:
 
 
 # Training speed on this project's 2-core CPU with the modern-cpu recipe's settings (images/s over a whole
-# run): the one record the time estimates below are made of. Each is its shipped run's (alexnet 5 epochs, 100.2 min
-# of epochs on a busy machine, before training kept freed memory in the heap; vgg11 12 epochs, 4 of them at 112 px,
-# 96.8 min; nin 12 epochs, 9 of them at 112 px, 79.6 min).
-CPU_IMAGES_PER_S = {"alexnet": 50, "vgg11": 124, "nin": 151}
+# run): the one record the time estimates below are made of. Each is its shipped run's (alexnet 5 epochs, 70.2 min
+# of epochs; vgg11 12 epochs, 4 of them at 112 px, 96.8 min; nin 12 epochs, 9 of them at 112 px, 79.6 min).
+CPU_IMAGES_PER_S = {"alexnet": 71, "vgg11": 124, "nin": 151}
 TRAIN_IMAGES = 60_000       # an epoch: Fashion-MNIST's training set
 
 

@@ -337,9 +337,9 @@ def check_batch(batch: PixelBatch, limit: int, side: int) -> np.ndarray:
     if batch.dtype != batch.uint8_name:
         raise InvalidArgument(f"{field}.dtype {quote(batch.dtype)} must be {batch.uint8_name} (pixels 0..255)")
     wanted = f"[N, 1, {side}, {side}] or [N, {side}, {side}]"
-    if not 3 <= len(shape) <= 4 or any(d <= 0 for d in shape):
+    if not 3 <= len(shape) <= 4 or min(shape) <= 0:
         raise InvalidArgument(f"{field}.shape {shape[:8]} must be {wanted}")
-    if any(d > 2**63 for d in shape):      # JSON integers are unbounded; no message may print one whole
+    if max(shape) > 2**63:      # JSON integers are unbounded; no message may print one whole
         raise InvalidArgument(f"{field}.shape has a dimension over 2^63; it must be {wanted}")
     count = math.prod(shape)      # Python ints: exact however large the client's dimensions
     if batch.data is not None and count != len(batch.data):

@@ -58,10 +58,15 @@ def image_input(name: str, datatype: str, shape: list[int], data: bytes | memory
 def selected_outputs(requested: list[tuple[str, int]]) -> tuple[list[str], int]:
     """(name, classification count or 0) pairs -> the feature maps to compute (the data plane checks that the
     model has them) and the classification count (checked there against the number of classes as top_k)."""
-    if any(k and name != LOGITS for name, k in requested):
-        raise InvalidArgument(f"the classification extension applies to {LOGITS!r} only")
-    features = list(dict.fromkeys(name for name, _ in requested if name != LOGITS))
-    return features, next((k for name, k in reversed(requested) if k), 0)
+    features, classification = {}, 0      # features: a dict, to keep the first of repeated names in one pass
+    for name, k in requested:             # a loop, not generators: this runs for every request
+        if name != LOGITS:
+            if k:
+                raise InvalidArgument(f"the classification extension applies to {LOGITS!r} only")
+            features[name] = None
+        elif k:
+            classification = k            # the last one asked for
+    return list(features), classification
 
 
 def classification_strings(result: InferResult, k: int) -> np.ndarray:

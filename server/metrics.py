@@ -157,11 +157,6 @@ class ModelStats:
         return totals
 
 
-def nanoseconds(seconds: float) -> int:
-    """Truncated, so that the stages of a request, each truncated, never add up to more than its total."""
-    return int(seconds * 1e9)
-
-
 # (name, help, the ModelStats histogram it shows)
 HISTOGRAMS = [("cnnserve_request_latency_seconds", "Classify latency inside the server", "latency"),
               ("cnnserve_queue_seconds", "Time a request waited for its batch", "queue"),
@@ -241,9 +236,9 @@ class Metrics:
             if batch is None:
                 batch = batches[size] = BatchTotals()
             batch.count += 1
-            batch.compute_input_ns += nanoseconds(input_s)
-            batch.compute_infer_ns += nanoseconds(infer_s)
-            batch.compute_output_ns += nanoseconds(output_s)
+            batch.compute_input_ns += int(input_s * 1e9)
+            batch.compute_infer_ns += int(infer_s * 1e9)
+            batch.compute_output_ns += int(output_s * 1e9)
         return observe
 
     def record(self, model: str, version: int, status: str, seconds: float, images: int = 0,
@@ -254,20 +249,22 @@ class Metrics:
         stats = self.model(model)
         stats.codes[status] += 1
         totals = stats.version(version)
+        # Times in whole nanoseconds, truncated (int), so that the stages of a request, each truncated, never add
+        # up to more than its total (written out rather than a helper's call: this runs for every request).
         if status == "OK":
             stats.latency.observe(seconds)
             stats.queue.observe(times.queue_s)
             totals.success_count += 1
-            totals.success_ns += nanoseconds(seconds)
-            totals.queue_ns += nanoseconds(times.queue_s)
-            totals.compute_input_ns += nanoseconds(times.compute_input_s)
-            totals.compute_infer_ns += nanoseconds(times.compute_infer_s)
-            totals.compute_output_ns += nanoseconds(times.compute_output_s)
+            totals.success_ns += int(seconds * 1e9)
+            totals.queue_ns += int(times.queue_s * 1e9)
+            totals.compute_input_ns += int(times.compute_input_s * 1e9)
+            totals.compute_infer_ns += int(times.compute_infer_s * 1e9)
+            totals.compute_output_ns += int(times.compute_output_s * 1e9)
             totals.inference_count += images
             totals.last_inference_ms = int(time.time() * 1000)
         else:
             totals.fail_count += 1
-            totals.fail_ns += nanoseconds(seconds)
+            totals.fail_ns += int(seconds * 1e9)
 
     def collect(self):
         """The Prometheus view of the counts (called by the registry when scraped)."""

@@ -17,6 +17,15 @@ _skipped: list[str] = []
 LONGEST_FIRST = ("test_zoo.py", "test_newcomer.py", "test_model_control.py", "test_export.py", "test_streaming.py")
 
 
+def pytest_configure(config):
+    # The test processes share the cores (pyproject's `-n 2`): each one's PyTorch gets its share of threads, so
+    # that two models evaluated at once do not each spin-wait for cores the other holds.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers:
+        import torch
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))      # stable: the order within a file stays

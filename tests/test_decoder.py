@@ -8,8 +8,6 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from PIL import Image
 
 from client.spawn import ROOT
@@ -78,23 +76,31 @@ def test_the_shipped_examples_still_decode():
     assert decode_encoded(PHOTO_JPEG, "x").shape == (28, 28)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(source=st.sampled_from([BOOT_PNG, PHOTO_JPEG]), data=st.data())
-def test_fuzzed_images_decode_or_are_refused_cleanly(source, data):
+def test_fuzzed_images_decode_or_are_refused_cleanly():
     """Byte flips, truncations and insertions: a 28×28 uint8 image or InvalidArgument, nothing else."""
-    mutated = bytearray(source)
-    for _ in range(data.draw(st.integers(1, 8))):
-        action = data.draw(st.sampled_from(["flip", "truncate", "insert"]))
-        position = data.draw(st.integers(0, max(len(mutated) - 1, 0)))
-        if action == "flip" and mutated:
-            mutated[position] ^= data.draw(st.integers(1, 255))
-        elif action == "truncate":
-            del mutated[position:]
+    # Imported here, not at the top: every pytest worker imports every test file, and Hypothesis costs about as
+    # much to import as torch; only the worker that runs this test pays for it.
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(source=st.sampled_from([BOOT_PNG, PHOTO_JPEG]), data=st.data())
+    def decodes_or_refuses(source, data):
+        mutated = bytearray(source)
+        for _ in range(data.draw(st.integers(1, 8))):
+            action = data.draw(st.sampled_from(["flip", "truncate", "insert"]))
+            position = data.draw(st.integers(0, max(len(mutated) - 1, 0)))
+            if action == "flip" and mutated:
+                mutated[position] ^= data.draw(st.integers(1, 255))
+            elif action == "truncate":
+                del mutated[position:]
+            else:
+                mutated[position:position] = data.draw(st.binary(min_size=1, max_size=16))
+        try:
+            pixels = decode_encoded(bytes(mutated), "images[0].encoded")
+        except InvalidArgument as error:
+            assert error.message.startswith("images[0].encoded") and not HEAP_ADDRESS.search(error.message)
         else:
-            mutated[position:position] = data.draw(st.binary(min_size=1, max_size=16))
-    try:
-        pixels = decode_encoded(bytes(mutated), "images[0].encoded")
-    except InvalidArgument as error:
-        assert error.message.startswith("images[0].encoded") and not HEAP_ADDRESS.search(error.message)
-    else:
-        assert pixels.shape == (28, 28) and pixels.dtype == np.uint8
+            assert pixels.shape == (28, 28) and pixels.dtype == np.uint8
+
+    decodes_or_refuses()
