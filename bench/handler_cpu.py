@@ -1,6 +1,6 @@
 """The cnnserve.v1 and KServe handlers' CPU per request, without gRPC and without a load generator.
 
-    python bench/handler_cpu.py [--baseline-root DIR] [--rounds 3] [--seconds 4]
+    python bench/handler_cpu.py [--baseline-root DIR] [--rounds 3] [--seconds 4] [--calls]
 
 The cnnserve.v1 `Classify` and KServe `ModelInfer` handlers are called directly on one event loop
 by 16 closed-loop callers (their own caller identities, so the batcher forms runs of 16) with
@@ -10,12 +10,15 @@ so it is what the server's Python costs from parsed request to response message,
 share of a batch-16 run. h2load measures the whole server, but on a shared 2-core machine its
 requests/s swing by ±15 % between runs; this swings by a few percent, which makes it the number
 to compare two versions of the data plane with (`--baseline-root`, run interleaved in the same
-rounds). Each case runs in a fresh process of the checkout it measures.
+rounds). Each case runs in a fresh process of the checkout it measures. `--calls` also counts the Python
+function calls per request (cProfile over 800 more requests): a count, not a time, so it compares two
+versions exactly on a machine too busy to time them.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import statistics
 import subprocess
@@ -27,6 +30,7 @@ from common import ROOT, write_json
 
 CASES = [("cnnserve", 1), ("kserve", 1), ("cnnserve", 64), ("kserve", 64)]
 CALLERS = 16
+CALLS_PER_CALLER = 50     # with --calls: the profiled requests, after the timed ones
 
 
 class Context:
@@ -65,7 +69,7 @@ def request_and_handler(api: str, images: int, dataplane):
     return message.SerializeToString(), kpb.ModelInferRequest.FromString, KServeGrpcService(dataplane).ModelInfer
 
 
-async def measure(api: str, images: int, seconds: float) -> dict:
+async def measure(api: str, images: int, seconds: float, calls: bool) -> dict:
     """In this process (the checkout on sys.path): CPU microseconds and wall requests/s over `seconds`."""
     from server.dataplane import DataPlane
     from server.metrics import Metrics
@@ -91,16 +95,27 @@ async def measure(api: str, images: int, seconds: float) -> dict:
         done, cpu, wall = 0, time.process_time(), time.perf_counter()
         await asyncio.gather(*(caller(i) for i in range(CALLERS)))
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    result = {"cpu_us_per_request": cpu / done * 1e6, "requests_per_s": done / wall}
+    if calls:
+        async def profiled_caller(index: int) -> None:
+            context = Context(index)
+            for _ in range(CALLS_PER_CALLER):
+                await handler(parse(raw), context)
+        profile = cProfile.Profile()
+        profile.enable()
+        await asyncio.gather(*(profiled_caller(i) for i in range(CALLERS)))
+        profile.disable()
+        profile.create_stats()
+        result["calls_per_request"] = sum(n for _, n, *_ in profile.stats.values()) / (CALLS_PER_CALLER * CALLERS)
     try:
         totals = metrics.totals("lenet_bn", served=1)[1]
     except TypeError:                   # a checkout from before the statistics were kept per version
         totals = metrics.totals("lenet_bn")
-    return {"cpu_us_per_request": cpu / done * 1e6, "requests_per_s": done / wall,
-            "mean_batch": totals.inference_count / max(totals.execution_count, 1)}
+    return {**result, "mean_batch": totals.inference_count / max(totals.execution_count, 1)}
 
 
-def run_case(root: Path, api: str, images: int, seconds: float) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", api, str(images), str(seconds)], cwd=root,
+def run_case(root: Path, api: str, images: int, seconds: float, calls: bool) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", api, str(images), str(seconds), str(int(calls))], cwd=root,
                          capture_output=True, text=True, timeout=300)
     if out.returncode:
         raise RuntimeError(f"{root}: {api} x{images} failed: {out.stderr[-2000:]}")
@@ -113,23 +128,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--label", default="main")
-    parser.add_argument("--child", nargs=3, metavar=("API", "IMAGES", "SECONDS"), help=argparse.SUPPRESS)
+    parser.add_argument("--calls", action="store_true", help="also count Python function calls per request")
+    parser.add_argument("--child", nargs=4, metavar=("API", "IMAGES", "SECONDS", "CALLS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         sys.path.insert(0, str(Path.cwd()))
-        api, images, seconds = args.child[0], int(args.child[1]), float(args.child[2])
-        print(json.dumps(asyncio.run(measure(api, images, seconds))))
+        api, images, seconds, calls = args.child[0], int(args.child[1]), float(args.child[2]), args.child[3] == "1"
+        print(json.dumps(asyncio.run(measure(api, images, seconds, calls))))
         return
     roots = {"this": ROOT, **({"baseline": args.baseline_root.resolve()} if args.baseline_root else {})}
     samples: dict[tuple[str, str, int], list[dict]] = {}
     for round_ in range(args.rounds):
         for api, images in CASES:
             for name, root in roots.items():
-                sample = run_case(root, api, images, args.seconds)
+                sample = run_case(root, api, images, args.seconds, args.calls)
                 samples.setdefault((name, api, images), []).append(sample)
                 print(f"  round {round_ + 1}/{args.rounds} {name:8} {api:8} x{images:<3} "
                       f"{sample['cpu_us_per_request']:8.1f} us CPU/request  {sample['requests_per_s']:9,.0f} req/s  "
-                      f"batch {sample['mean_batch']:.1f}", flush=True)
+                      f"batch {sample['mean_batch']:.1f}"
+                      + (f"  {sample['calls_per_request']:.1f} calls/request" if args.calls else ""), flush=True)
     cpu = {key: [s["cpu_us_per_request"] for s in runs] for key, runs in samples.items()}
     median = {key: statistics.median(values) for key, values in cpu.items()}
     lines = [f"\nCPU microseconds per request, median (min-max) of {args.rounds} rounds of {args.seconds:g} s, "
@@ -140,6 +157,12 @@ def main() -> None:
                for name in roots]
         ratio = [f"{median[('this', api, images)] / median[('baseline', api, images)]:.2f}"] if len(roots) > 1 else []
         lines.append(f"| {api}, {images} image{'s' * (images > 1)} | " + " | ".join(row + ratio) + " |")
+    if args.calls:
+        calls = {key: statistics.median(s["calls_per_request"] for s in runs) for key, runs in samples.items()}
+        lines += ["", "Python function calls per request (cProfile), median of the rounds:", "",
+                  "| request | " + " | ".join(roots) + " |", "|---" * (len(roots) + 1) + "|"]
+        lines += [f"| {api}, {images} image{'s' * (images > 1)} | "
+                  + " | ".join(f"{calls[(name, api, images)]:.1f}" for name in roots) + " |" for api, images in CASES]
     print("\n".join(lines))
     write_json(f"handler-cpu-{args.label}", {"roots": {k: str(v) for k, v in roots.items()}, "median_us": {
         f"{name} {api} x{images}": value for (name, api, images), value in median.items()}, "samples": {
