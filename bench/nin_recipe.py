@@ -20,8 +20,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import models  # noqa: E402,F401  (registers the architectures)
+from cnnserve.fashion_mnist import load_fashion_mnist  # noqa: E402
 from models.builders import build_model  # noqa: E402
-from models.data import batches, load_fashion_mnist, to_model_input  # noqa: E402
+from models.data import batches, to_model_input  # noqa: E402
 from models.recipes import make_config  # noqa: E402
 from models.train import train  # noqa: E402
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.data import load_fashion_mnist  # noqa: E402
+from cnnserve.fashion_mnist import load_fashion_mnist  # noqa: E402
 from models.recipes import BOOK_PRINTED, make_config  # noqa: E402
 from models.train import train  # noqa: E402
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import models  # noqa: E402,F401  (registers the architectures)
-from models.data import load_fashion_mnist  # noqa: E402
+from cnnserve.fashion_mnist import load_fashion_mnist  # noqa: E402
 from models.recipes import make_config  # noqa: E402
 from models.train import train  # noqa: E402
 

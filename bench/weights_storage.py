@@ -20,8 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cnnserve.fashion_mnist import load_fashion_mnist  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
-from models.data import load_fashion_mnist, to_model_input  # noqa: E402
+from models.data import to_model_input  # noqa: E402
 from models.pretrained import INT8_PER_CHANNEL, SCALE_SUFFIX, from_storage, quantize_per_channel, to_storage  # noqa: E402
 from models.recipes import TrainConfig  # noqa: E402
 

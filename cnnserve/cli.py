@@ -18,7 +18,7 @@ COMMANDS = {   # subcommand: (module whose main() runs it, the install extra it 
     "loadtest": ("client.loadtest", "client", "load-test a server (python -m client.loadtest)"),
     "train": ("models.train", "train", "train a model on Fashion-MNIST (python -m models.train)"),
     "export": ("export.onnx", "train", "export a model to ONNX into a repository (python -m export.onnx)"),
-    "evaluate": ("export.evaluate", "train", "test accuracy of an exported model (python -m export.evaluate)"),
+    "evaluate": ("export.evaluate", "serve", "test accuracy of an exported model (python -m export.evaluate)"),
     "defaults": ("export.defaults", "train", "rebuild the default model repository (python -m export.defaults)"),
     "weights": ("models.pretrained", "train", "the shipped trained weights (python -m models.pretrained)"),
 }

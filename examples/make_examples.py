@@ -17,7 +17,7 @@ from PIL import Image, ImageFilter
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from models.data import CLASSES, load_split  # noqa: E402
+from cnnserve.fashion_mnist import CLASSES, load_split  # noqa: E402
 
 PHOTO_SOURCE_INDEX = 0   # test image 0 is an ankle boot
 

@@ -27,8 +27,8 @@ from cnnserve.entry import DefaultsHelpFormatter, exit_if_missing, program_name
 
 with exit_if_missing("train"):
     from cnnserve.default_repository import LOCK_FILE, models_to_build
+    from cnnserve.fashion_mnist import load_fashion_mnist
     from export.onnx import ExportError, export
-    from models.data import load_fashion_mnist
     from models.pretrained import get_weights
     from models.recipes import TrainConfig
     from models.registry import list_models

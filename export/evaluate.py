@@ -12,14 +12,14 @@ from pathlib import Path
 
 from cnnserve.entry import DefaultsHelpFormatter, exit_if_missing, program_name
 
-with exit_if_missing("train"):
+with exit_if_missing("serve"):      # ONNX Runtime and the dataset reader: no torch
     import numpy as np
     import onnxruntime as ort
     from tqdm import tqdm
 
+    from cnnserve.fashion_mnist import DataError, load_split
     from cnnserve.repository import RepositoryError, load_version
     from cnnserve.spec import INPUT_NAME, LOGITS
-    from models.data import DataError, load_split
 
 TOLERANCE = 0.001   # 0.1 percentage point
 

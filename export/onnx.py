@@ -33,6 +33,7 @@ with exit_if_missing("train"):
     import torch
     from PIL import Image
 
+    from cnnserve.fashion_mnist import DataError, has_split, load_split, resolve_data_dir
     from cnnserve.metadata import ModelMetadata, TensorInfo
     from cnnserve.spec import CLASSES, IMAGE_SIDE, INPUT_NAME, Preprocessing, UnknownFeatures, select_features, sha256_file
     from export.graph import ServingGraph, export_graph
@@ -40,7 +41,6 @@ with exit_if_missing("train"):
     from export.quantize import CALIBRATION_IMAGES, DEFAULT_THRESHOLDS, QuantizationError, Thresholds, quantize_and_check
     from export.repository import METADATA_FILE, MODEL_FILE, model_config, next_version, staged_version, write_model_files
     from models.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-    from models.data import DataError, has_split, load_split, resolve_data_dir
     from models.pretrained import WEIGHTS_NAME, WeightsError, get_weights, list_weights
     from models.recipes import how_to_train
     from models.registry import TapNet, create_model, list_models

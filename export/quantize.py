@@ -28,8 +28,8 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
+from cnnserve.fashion_mnist import DataError, load_split
 from cnnserve.spec import INPUT_NAME, LOGITS
-from models.data import DataError, load_split
 
 CALIBRATION_IMAGES = 512
 CALIBRATION_BATCH = 64

@@ -145,8 +145,8 @@ def from_storage(stored: dict[str, torch.Tensor], dtype: str) -> dict[str, torch
 def publish(checkpoint_path: Path, dtype: str = "float16", weights_dir: Path = WEIGHTS_DIR,
             data_dir: str | None = None) -> Weights:
     """Store a checkpoint's weights as `<arch>.safetensors` in `dtype`, measure the round trip, reindex."""
+    from cnnserve.fashion_mnist import load_fashion_mnist
     from models.checkpoint import CheckpointError, load_checkpoint
-    from models.data import load_fashion_mnist
     from models.recipes import TrainConfig
     from models.train import evaluate
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from cnnserve.fashion_mnist import TRAIN_MEAN, TRAIN_STD
 from cnnserve.spec import Preprocessing
 from models.builders import input_side
-from models.data import TRAIN_MEAN, TRAIN_STD
 
 RECIPES = ("book", "modern", "modern-cpu")
 

@@ -25,9 +25,10 @@ with exit_if_missing("train"):
     from torch import nn
     from tqdm import tqdm
 
+    from cnnserve.fashion_mnist import DataError, FashionMNIST, load_fashion_mnist
     from models.builders import TapNet, build_model, registered_names
     from models.checkpoint import save_checkpoint
-    from models.data import DataError, FashionMNIST, batches, load_fashion_mnist, to_model_input
+    from models.data import batches, to_model_input
     from models.recipes import RECIPES, TrainConfig, make_config
 
 

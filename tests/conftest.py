@@ -51,13 +51,13 @@ def pytest_terminal_summary(terminalreporter):
 def data_dir() -> Path:
     """Where every command-line tool looks too: FASHION_MNIST_DIR, else data/fashion-mnist or the
     shared copy beside the project, whichever holds the files (else the loader downloads them)."""
-    from models.data import resolve_data_dir
+    from cnnserve.fashion_mnist import resolve_data_dir
     return resolve_data_dir().resolve()
 
 
 @pytest.fixture(scope="session")
 def fashion(data_dir):
-    from models.data import load_fashion_mnist
+    from cnnserve.fashion_mnist import load_fashion_mnist
     return load_fashion_mnist(data_dir)
 
 

@@ -4,7 +4,9 @@ import shutil
 import numpy as np
 import pytest
 
-from models.data import CLASSES, DataError, load_fashion_mnist, read_idx, to_model_input
+from cnnserve.fashion_mnist import DataError, load_fashion_mnist, read_idx
+from cnnserve.spec import CLASSES
+from models.data import to_model_input
 
 
 def test_reads_the_shared_files(fashion):
@@ -35,7 +37,7 @@ def test_refuses_a_file_that_is_not_gzip(tmp_path):
 
 def test_missing_files_offline_say_where_to_put_them(tmp_path, monkeypatch):
     # Point the mirror at a closed local port: the download fails at once, as it does offline.
-    monkeypatch.setattr("models.data.MIRROR", "http://127.0.0.1:9/")
+    monkeypatch.setattr("cnnserve.fashion_mnist.MIRROR", "http://127.0.0.1:9/")
     with pytest.raises(DataError, match=str(tmp_path)):
         load_fashion_mnist(tmp_path)
     assert not list(tmp_path.glob("*.part"))

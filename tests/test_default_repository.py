@@ -15,9 +15,9 @@ from client.spawn import ROOT, SpawnedServer
 from cnnserve.default_repository import WEIGHTS_INDEX, models_to_build, shipped_weights
 from cnnserve.proto import classifier_pb2 as pb
 from cnnserve.repository import load_version
+from cnnserve.spec import CLASSES
 from export.defaults import build_missing
 from models import list_models
-from models.data import CLASSES
 from models.pretrained import INDEX_FILE, WEIGHTS_DIR, get_weights
 
 SHIPPED = list_models(trained=True)

@@ -9,9 +9,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from cnnserve.spec import CLASSES
 from export.onnx import export
 from models import create_model, list_models
-from models.data import CLASSES
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 """Which side may import what, checked in a fresh interpreter per rule, as a user's process would load it.
 
-The server never imports torch (it deploys without PyTorch); the client never imports ONNX Runtime,
-torch or the server (`cnnserve[client]` is enough to call a server); `cnnserve`, which both sides
-share, imports neither side; and `models/` has no import cycle, counting imports inside functions
-too, so that a cycle cannot hide in a deferred import.
+The server never imports torch (it deploys without PyTorch), nor does the accuracy check of an export;
+the client never imports ONNX Runtime, torch or the server (`cnnserve[client]` is enough to call a
+server); `cnnserve`, which both sides share, imports neither side; and `models/` has no import cycle,
+counting imports inside functions too, so that a cycle cannot hide in a deferred import.
 """
 import ast
 import subprocess
@@ -64,6 +64,12 @@ def test_the_shared_package_imports_neither_side():
     their heavy runtimes. `cnnserve.default_repository` builds models by running `python -m export.defaults`
     in a subprocess, never by importing it."""
     check(["server", "client", "models", "export", "torch", "onnxruntime"], packages=["cnnserve"])
+
+
+def test_checking_an_export_needs_no_torch():
+    """`python -m export.evaluate` scores an exported model with ONNX Runtime and the torch-free dataset reader
+    (`cnnserve.fashion_mnist`): a serving install can check what it serves."""
+    check(["torch"], modules=["export.evaluate"], programs=["export.evaluate"])
 
 
 def intra_package_imports(package: Path) -> dict[str, set[str]]:

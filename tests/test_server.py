@@ -22,7 +22,7 @@ from client.cli import feature_array, raw_image
 from client.spawn import ROOT, SpawnedServer
 from cnnserve.proto import classifier_pb2 as pb
 from cnnserve.proto import classifier_pb2_grpc as pb_grpc
-from models.data import CLASSES
+from cnnserve.spec import CLASSES
 from server.app import ServerConfig
 from server.core_share import CoreShare
 from server.metrics import PUBLISH_S, sample_value
