@@ -54,11 +54,16 @@ def security_from(args: argparse.Namespace) -> ClientSecurity:
 
 
 def connect(target: str, max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
-            security: ClientSecurity | None = None, own_connection: bool = False) -> grpc.Channel:
+            security: ClientSecurity | None = None, own_connection: bool = False,
+            retry_connect_ms: int | None = None) -> grpc.Channel:
     """A channel with the same explicit message limits as the server, over TLS when `security` says so.
     `own_connection`: do not share a TCP connection with this process's other channels to the same
-    target (grpcio shares them by default), so the server sees a separate caller."""
+    target (grpcio shares them by default), so the server sees a separate caller. `retry_connect_ms`: how
+    soon a refused connection is tried again, every time (gRPC's default waits 1 s, then backs off towards
+    2 min): for a caller waiting on a server that is starting up."""
     options = message_limits(max_message_mb) + ([("grpc.use_local_subchannel_pool", 1)] if own_connection else [])
+    if retry_connect_ms is not None:
+        options += [(f"grpc.{name}_reconnect_backoff_ms", retry_connect_ms) for name in ("initial", "min", "max")]
     if security is not None and security.tls:
         return grpc.secure_channel(target, security.credentials(), options=options)
     return grpc.insecure_channel(target, options=options)

@@ -21,6 +21,7 @@ from client.channel import ClientSecurity, connect
 from cnnserve.proto import classifier_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
+WAIT_POLL_MS = 50      # how often a starting server is asked whether it serves yet
 
 
 def free_port() -> int:
@@ -49,7 +50,7 @@ class SpawnedServer:
         self.process = subprocess.Popen(
             [*(command or [sys.executable, "-m", "server"]), "--port", str(self.port), *args],
             cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.channel = connect(self.target, security=security)
+        self.channel = connect(self.target, security=security, retry_connect_ms=WAIT_POLL_MS)
         self.call_metadata = security.metadata() if security else ()
         self.stub = classifier_pb2_grpc.ClassifierStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -75,7 +76,7 @@ class SpawnedServer:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
             if self.health_status() == health_pb2.HealthCheckResponse.SERVING:
                 return self
-            time.sleep(0.05)
+            time.sleep(WAIT_POLL_MS / 1e3)
         raise TimeoutError(f"server not SERVING after {timeout} s:\n{self.log()}")
 
     def metrics(self) -> str:
