@@ -108,9 +108,10 @@ def test_shipped_weights_load_and_reproduce_their_accuracy_on_a_subset(arch, fas
     assert weights.dtype in ("float16", "float32", INT8_PER_CHANNEL) and weights.recipe.startswith("modern")
     assert weights.test_acc_stored >= BOOK_PRINTED[arch][2], "at least the book's best printed build"
     assert abs(weights.test_acc_stored - weights.test_acc) <= 0.001, "the storage round trip costs at most 0.1 point"
-    # A subset the CPU scores in a second or two: 1,000 images at 28 px, 100 at the larger sides. Its binomial
-    # noise at 90 % is σ = sqrt(0.09 / n), so the bar is 4σ below the full-set accuracy (the slow tests score all).
-    n = 1000 if model.input_side == 28 else 100
+    # A subset the CPU scores in about a second: 1,000 images at 28 px, 100 at 96, 50 at 224. Its binomial noise
+    # at 90 % is σ = sqrt(0.09 / n), so the bar is 4σ below the full-set accuracy: far above chance (0.1), which
+    # is what damaged weights or preprocessing score; tests/test_zoo_served.py (slow) scores all 10,000.
+    n = {28: 1000, 96: 100}.get(model.input_side, 50)
     images, labels = torch.from_numpy(fashion.test_images[:n]), torch.from_numpy(fashion.test_labels[:n]).long()
     assert evaluate(model, images, labels, TrainConfig(**weights.config)) >= weights.test_acc_stored - 4 * (0.09 / n) ** 0.5
 
