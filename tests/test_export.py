@@ -58,6 +58,18 @@ def test_features_subset_and_versions(tmp_path, data_dir):
     assert names(first) == ["logits", "conv1", "pool2"] and names(second) == ["logits"]
 
 
+def test_exports_after_the_first_reuse_the_onnx_function_table_and_write_the_same_file(tmp_path, data_dir):
+    from torch.onnx._internal._lazy_import import onnxscript_apis
+
+    from export.graph import build_onnx_function_table_once
+    first = export("lenet", tmp_path, random_init=True, features="none", data_dir=str(data_dir))
+    assert build_onnx_function_table_once(), "the torch this project pins keeps the table where export/graph.py looks"
+    built = onnxscript_apis.get_torchlib_ops.cache_info()
+    second = export("lenet", tmp_path, random_init=True, features="none", data_dir=str(data_dir))
+    assert onnxscript_apis.get_torchlib_ops.cache_info().hits == built.hits + 1 and built.currsize == 1
+    assert (first / "model.onnx").read_bytes() == (second / "model.onnx").read_bytes()
+
+
 def test_trained_export_evaluates_to_the_checkpoint_accuracy(trained_repository, data_dir):
     result = run_cli("export.evaluate", str(trained_repository / "lenet_bn"), "--data-dir", str(data_dir))
     assert result.returncode == 0, result.stderr
