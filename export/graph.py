@@ -28,8 +28,9 @@ def build_onnx_function_table_once() -> bool:
     """Make every `torch.onnx.export` after the first in this process reuse onnxscript's table of ONNX functions.
 
     The exporter rebuilds the table on every call, reading the source of each of onnxscript's ~500 ATen
-    functions to learn its domain: about 1.3 s a call on this CPU, the same table every time. A process that
-    exports several models (`--arch all`, the default repository's first build, the tests) builds it once.
+    functions to learn its domain: the same table every time, at a cost larger than the rest of a small
+    model's export. A process that exports several models (`--arch all`, the default repository's first
+    build, the tests) builds it once.
     The table is reached through torch's private lazy-import module: with a torch that moved it, nothing
     changes but the speed (returns False)."""
     try:
