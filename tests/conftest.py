@@ -4,12 +4,19 @@ trained lenet_bn (no test trains a model unless training is what it tests); and 
 With CNNSERVE_NO_SKIPS=1 (CI sets it) a skipped test fails the run: CI installs everything every test needs,
 so a skip there means a check silently did not run."""
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 _skipped: list[str] = []
+
+# A run starts some eighty Python processes (test workers, servers, command-line tools), each importing the same
+# modules: they are compiled once and cached, even where the environment turns Python's bytecode cache off
+# (PYTHONDONTWRITEBYTECODE, as some containers set it), which would have every process compile them again.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 # The longest test files of the fast subset, started first: pytest-xdist hands out whole files in collection
