@@ -12,7 +12,8 @@ requests/s swing by ±15 % between runs; this swings by a few percent, which mak
 to compare two versions of the data plane with (`--baseline-root`, run interleaved in the same
 rounds). Each case runs in a fresh process of the checkout it measures. `--calls` also counts the Python
 function calls per request (cProfile over 800 more requests): a count, not a time, so it compares two
-versions exactly on a machine too busy to time them.
+versions on a machine too busy to time them (each request's share of its run's calls moves a little with
+how the runs formed: compare the two columns of one run).
 """
 from __future__ import annotations
 
