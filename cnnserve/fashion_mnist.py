@@ -1,5 +1,5 @@
-"""Fashion-MNIST: the four IDX files, read whole into uint8 arrays. Torch-free: the serving side's tools
-(`python -m export.evaluate`, the load generator's test images) read the dataset without it.
+"""Fashion-MNIST: the four IDX files, read whole into uint8 arrays. Torch-free, so that a tool of the serving
+side (`python -m export.evaluate`, which scores an exported model) reads the dataset without PyTorch.
 
 The directory comes from the caller (a `--data-dir` flag), else `FASHION_MNIST_DIR`, else
 `data/fashion-mnist` when it holds the files, else the workspace's shared copy
